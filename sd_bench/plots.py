@@ -1,0 +1,155 @@
+"""Figures 3-8 as PNG + SVG (matplotlib, Agg): training curves and per-marker epistemic deltas.
+
+Inputs are the files runs already write, so a figure is always rebuilt from data:
+- the trainer's `metrics.jsonl` (one JSON object per step with `step`, `score`, `response_tokens`,
+  `epistemic_count`, ...): one line per condition per panel;
+- evaluation result files (sd_bench/tables.py schema) at several steps: the OOD-accuracy panel;
+- per-marker counts (sd_bench.markers.marker_counts averaged over responses) of a run and its base: the
+  paper's per-word delta bar chart (e.g. "wait" on AIME24: SDPO -60.8, GRPO +28.5).
+matplotlib is imported inside the functions: `sd_bench.plots` itself stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+CURVE_METRICS = ("score", "response_tokens", "epistemic_count")
+LABELS = {
+    "score": "training score (mean reward)",
+    "response_tokens": "response length (tokens)",
+    "epistemic_count": "E(y) per response",
+    "acc": "OOD avg@k",
+}
+
+
+def read_metrics(path: Path | str) -> list[dict]:
+    """metrics.jsonl -> list of dicts (blank lines skipped; a bad line raises naming file and line)."""
+    path = Path(path)
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{i}: not a JSON object ({exc})") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise ValueError(f"{path}:{i}: each line needs a 'step' field")
+        rows.append(row)
+    return rows
+
+
+def series(rows: Iterable[dict], metric: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of `metric`, skipping steps where it is absent, sorted by step."""
+    pts = sorted((r["step"], r[metric]) for r in rows if isinstance(r.get(metric), (int, float)))
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def eval_curves(
+    results: Iterable[dict], task: str, metric: str = "acc"
+) -> dict[str, list[tuple[int, float]]]:
+    """condition -> [(step, value)] from evaluation result files of `task` that carry a step."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        if r.get("task") == task and r.get("step") is not None and metric in r.get("metrics", {}):
+            out.setdefault(r["condition"], []).append((r["step"], r["metrics"][metric]))
+    return {c: sorted(v) for c, v in out.items()}
+
+
+def marker_deltas(base: Mapping[str, float], run: Mapping[str, float]) -> dict[str, float]:
+    """Per-marker change of the mean count per response: run - base (markers in base order)."""
+    return {m: float(run.get(m, 0.0)) - float(base.get(m, 0.0)) for m in base}
+
+
+def _save(fig, out_stem: Path | str) -> list[Path]:
+    """Save `out_stem`.png and .svg, each through a temporary file + os.replace."""
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        final = out_stem.with_suffix(f".{ext}")
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        fig.savefig(tmp, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight")
+        os.replace(tmp, final)
+        paths.append(final)
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(
+    runs: Mapping[str, Path | str | Sequence[dict]],
+    out_stem: Path | str,
+    *,
+    metrics: Sequence[str] = CURVE_METRICS,
+    eval_points: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    eval_label: str = "OOD avg@k",
+    title: str | None = None,
+) -> list[Path]:
+    """One panel per metric (plus an OOD-accuracy panel when eval_points is given); one line per condition."""
+    plt = _pyplot()
+    data = {
+        label: read_metrics(src) if isinstance(src, (str, Path)) else list(src) for label, src in runs.items()
+    }
+    panels = list(metrics) + (["__eval__"] if eval_points else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        if metric == "__eval__":
+            for label, pts in eval_points.items():
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            ax.set_ylabel(eval_label)
+        else:
+            for label, rows in data.items():
+                xs, ys = series(rows, metric)
+                if xs:
+                    ax.plot(xs, ys, label=label)
+            ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, -0.08))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        return _save(fig, out_stem)
+    finally:
+        plt.close(fig)
+
+
+def plot_marker_deltas(
+    deltas: Mapping[str, Mapping[str, float]], out_stem: Path | str, *, title: str | None = None
+) -> list[Path]:
+    """Grouped bars: per-marker change in mean count per response (run - base), one colour per condition."""
+    plt = _pyplot()
+    conditions = list(deltas)
+    markers = list(dict.fromkeys(m for d in deltas.values() for m in d))
+    width = 0.8 / max(len(conditions), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(markers) * max(len(conditions), 1)), 3.6))
+    for j, cond in enumerate(conditions):
+        xs = [i + (j - (len(conditions) - 1) / 2) * width for i in range(len(markers))]
+        ax.bar(xs, [deltas[cond].get(m, 0.0) for m in markers], width, label=cond)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(markers)), markers, rotation=30)
+    ax.set_ylabel("change in count per response")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    try:
+        return _save(fig, out_stem)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,157 @@
+"""Provenance for every result JSON: what code, packages and hardware produced a number.
+
+Why: a table is only comparable to another when both say what produced them (STYLE.md "Provenance
+everywhere"). `collect()` gathers package versions, the git commit (+ dirty flag), Python, platform and
+CPU/GPU; `stamp()` adds the run-specific facts (model and data revisions, seeds, k, sampling, wall time).
+
+Light on purpose: versions come from `importlib.metadata` (torch is NOT imported; if it already is, its
+CUDA build is reported too). No hostname, user name or paths are recorded, so result files can be committed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Distributions whose versions change numbers (generation, scoring, training).
+PACKAGES = (
+    "sd-bench",
+    "torch",
+    "transformers",
+    "lm-eval",
+    "vllm",
+    "peft",
+    "datasets",
+    "math-verify",
+    "accelerate",
+)
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent), read from metadata without importing."""
+    out: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    if out.get("sd-bench") is None:  # running from a checkout that was not pip-installed
+        from sd_bench import __version__
+
+        out["sd-bench"] = f"{__version__} (not installed)"
+    return out
+
+
+def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 10.0) -> str | None:
+    try:
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """{"commit": sha or None, "dirty": bool or None}. Dirty = tracked files changed (untracked ignored)."""
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        return {"commit": None, "dirty": None}
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpus() -> list[dict[str, str]]:
+    """GPUs as reported by nvidia-smi (name, memory, driver); [] when there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+    if not out:
+        return []
+    rows = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            rows.append({"name": parts[0], "memory": parts[1], "driver": parts[2]})
+    return rows
+
+
+def hardware() -> dict[str, Any]:
+    hw: dict[str, Any] = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus()}
+    torch = sys.modules.get("torch")  # report the CUDA build only if the caller already imported torch
+    if torch is not None:
+        hw["torch_cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+    return hw
+
+
+def collect() -> dict[str, Any]:
+    """Environment provenance: packages, git, python, platform, hardware, UTC time (no hostname)."""
+    return {
+        "packages": package_versions(),
+        "git": git_state(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "hardware": hardware(),
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def stamp(
+    result: dict[str, Any],
+    *,
+    model: str | None = None,
+    model_revision: str | None = None,
+    data: str | None = None,
+    data_revision: str | None = None,
+    seed: int | None = None,
+    k: int | None = None,
+    sampling: dict[str, Any] | None = None,
+    wall_time_s: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Return a copy of `result` with `provenance` = collect() + the run's own facts (None fields omitted)."""
+    run = {
+        "model": model,
+        "model_revision": model_revision,
+        "data": data,
+        "data_revision": data_revision,
+        "seed": seed,
+        "k": k,
+        "sampling": sampling,
+        "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 3),
+        **extra,
+    }
+    prov = dict(result.get("provenance") or {})
+    prov.update(collect())
+    prov["run"] = {**prov.get("run", {}), **{key: v for key, v in run.items() if v is not None}}
+    return {**result, "provenance": prov}
+
+
+class WallTimer:
+    """`with WallTimer() as t: ...; t.seconds` (monotonic clock)."""
+
+    def __enter__(self):
+        self._t0 = time.monotonic()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.monotonic() - self._t0

@@ -1,0 +1,149 @@
+"""Off-policy SFT on a traces file (Table 2: unguided D_ug vs solution-guided D_sg traces).
+
+    for step in range(start, max_steps):
+        batch <- the sampler's next `run.batch_size` traces
+        loss  <- token-mean NLL of the response tokens (prompt tokens are context only), micro-batched
+        backward -> all-reduce grads -> clip -> AdamW step; metrics.jsonl; checkpoint every `save_every`
+
+Traces: JSONL, one {"prompt" | "question", "response"} per line; the prompt is rendered with the chat template
+and generation prompt (as at evaluation), the response's ids follow, then EOS so the model learns to stop.
+The paper does not give its SFT recipe (PAPER.md, Table 2); recipes/sft.yaml documents the choices made.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sd_bench import markers
+from sd_bench.prompts import problem_prompt, render
+from sd_bench.train import checkpoint
+from sd_bench.train.config import TrainConfig
+from sd_bench.train.losses import token_logprobs_from_hidden
+from sd_bench.train.model import load_model, resolve_model_path, trainable_parameters
+from sd_bench.train.onpolicy import chunks, response_hidden, save_final
+from sd_bench.train.runtime import (
+    MetricsLog,
+    Sampler,
+    Timer,
+    build_optimizer,
+    build_scheduler,
+    peak_memory_mib,
+    seed_everything,
+    setup_distributed,
+)
+
+
+def load_traces(path: Path) -> list[dict]:
+    """[{prompt, response}]: `prompt` is the user turn (a bare `question` gets the paper's instruction)."""
+    if str(path) == "smoke":  # the smoke scale: the 8 built-in sums with their worked solutions as traces
+        from sd_bench.train.onpolicy import smoke_problems
+
+        return [{"prompt": p.prompt, "response": f"<think>{p.solution}</think> {p.solution}"}
+                for p in smoke_problems()]
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.name={str(path)!r}: SFT needs a traces JSONL file of {{prompt, response}}")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if "response" not in rec or not ("prompt" in rec or "question" in rec):
+            raise ValueError(f"{path}:{n}: a trace needs `response` and `prompt` or `question`, got {sorted(rec)}")
+        out.append({"prompt": rec.get("prompt") or problem_prompt(rec["question"]), "response": rec["response"]})
+    if not out:
+        raise ValueError(f"{path}: no traces")
+    return out
+
+
+def encode(tokenizer, trace: dict, template_kwargs: dict, max_len: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids + EOS), the response truncated on the right to fit max_len."""
+    prompt = tokenizer(render(tokenizer, trace["prompt"], **template_kwargs), add_special_tokens=False)["input_ids"]
+    response = tokenizer(trace["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt, response[: max(1, max_len - len(prompt))]
+
+
+def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
+    run_dir = Path(run_dir)
+    dist = setup_distributed()
+    if dist.main:
+        resolve_model_path(cfg.model, run_dir)
+    dist.barrier()
+    seed_everything(cfg.run.seed + dist.rank)
+    model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
+    traces = load_traces(Path(cfg.data.name))
+    if cfg.data.max_problems is not None:
+        traces = traces[: cfg.data.max_problems]
+    params = [p for _, p in trainable_parameters(model)]
+    optimizer = build_optimizer(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
+    scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps)
+    sampler = Sampler(len(traces), cfg.run.seed)
+    B = cfg.run.batch_size
+    if B % dist.world_size:
+        raise ValueError(f"run.batch_size={B} must be divisible by the number of processes ({dist.world_size})")
+    steps_per_epoch = -(-len(traces) // B)
+    max_steps = min(cfg.run.max_steps, steps_per_epoch * cfg.run.epochs)
+
+    start = 0
+    latest = checkpoint.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        state = checkpoint.load_checkpoint(latest, model=model, rank=dist.rank)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        start = state["step"]
+    log = MetricsLog(run_dir, enabled=dist.main, resume_step=start, wandb=cfg.run.log_wandb,
+                     tensorboard=cfg.run.log_tensorboard)
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=max_steps, initial=start, desc="sft", unit="step", disable=not dist.main)
+    local = B // dist.world_size
+    for step in range(start, max_steps):
+        timer = Timer()
+        indices = sampler.take(B)[dist.rank * local:(dist.rank + 1) * local]
+        batch = [encode(tokenizer, traces[i], cfg.model.template_kwargs, cfg.run.max_seq_len) for i in indices]
+        tokens_global = dist.all_reduce_sum(sum(len(r) for _, r in batch))
+        optimizer.zero_grad(set_to_none=False)
+        loss_sum = 0.0
+        for micro in chunks(batch, cfg.optim.micro_batch_size):
+            h, w, t = response_hidden(model, [p for p, _ in micro], [r for _, r in micro],
+                                      tokenizer.pad_token_id, dist.device)
+            logp = token_logprobs_from_hidden(h, w, t, chunk_size=cfg.loss.chunk_size)
+            loss = -logp.sum() / tokens_global  # token-mean NLL over the global batch
+            loss.backward()
+            loss_sum += float(loss.detach())
+        dist.all_reduce_grads(params)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+
+        texts = [traces[i]["response"] for i in indices]
+        seconds = timer.seconds()
+        record = {
+            "step": step + 1,
+            "loss": dist.all_reduce_sum(loss_sum),
+            "response_tokens": tokens_global / B,
+            "epistemic_count": dist.all_reduce_sum(sum(markers.epistemic_count(x) for x in texts)) / B,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens_per_s": tokens_global / max(seconds, 1e-9),
+            "step_seconds": seconds,
+            "peak_mem_mib": peak_memory_mib(dist.device),
+        }
+        log.write(record)
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}")
+        done = step + 1
+        if done % cfg.run.save_every == 0 or done == max_steps:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "sampler": sampler.state_dict()}
+            checkpoint.save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, trainer_state=state,
+                                       rank=dist.rank, world_size=dist.world_size, barrier=dist.barrier,
+                                       keep=cfg.run.keep_checkpoints)
+    progress.close()
+    log.close()
+    return save_final(run_dir, model, tokenizer, dist)

@@ -1,0 +1,208 @@
+"""End-to-end lm-eval runs through the real task YAMLs: a canned-output model with hand-computed metrics,
+the group's unweighted macro average, the k override, and a real `--model hf` run on a tiny local Qwen3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import lm_eval.models  # noqa: F401  (fills the registry before we add to it)
+from lm_eval import simple_evaluate
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from sd_bench import lm_eval_tasks
+from sd_bench.markers import MARKERS
+
+# k = 2 responses per problem; GOLD is replaced by the doc's gold answer.
+PATTERNS = {
+    # correct + wrong; both answered; E = 3 (wait, check, hmm) and 1 (perhaps)
+    "right": ["<think>Wait, let me check. Hmm.</think> So \\boxed{GOLD}.", "<think>Perhaps.</think> \\boxed{-12345}"],
+    # no answer (none; unbalanced box); E = 0 and 1 ("Unlikely" contains "likely")
+    "none": ["I have no idea.", "Unlikely! \\boxed{GOLD"],
+    # both correct (the boxed answer inside <think> does not count); E = 0 and 0
+    "both": ["\\boxed{GOLD}", "<think>\\boxed{-12345}</think>\\boxed{GOLD}"],
+}
+# per-doc (acc, pass_at_k, answer_rate, epistemic_count), computed by hand from PATTERNS
+PER_DOC = {"right": (0.5, 1.0, 1.0, 2.0), "none": (0.0, 0.0, 0.0, 0.5), "both": (1.0, 1.0, 1.0, 0.0)}
+# which docs each task evaluates, and their pattern (MATH500 gets 3 docs so that size weighting would differ)
+PLAN = {
+    "sd_aime24": ["right"],
+    "sd_aime25": ["none"],
+    "sd_amc23": ["both"],
+    "sd_math500": ["right", "right", "none"],
+}
+
+
+@register_model("sd_canned")
+class CannedLM(LM):
+    """Returns PATTERNS[plan][i] for the i-th repeat of each doc; records the prompts it saw."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.seen: dict[tuple[str, int], int] = {}
+        self.prompts: list[str] = []
+
+    def generate_until(self, requests):
+        out = []
+        for req in requests:
+            key = (req.task_name, req.doc_id)
+            i = self.seen.get(key, 0)
+            self.seen[key] = i + 1
+            self.prompts.append(req.args[0])
+            pattern = PLAN[req.task_name][req.doc_id] if req.task_name in PLAN else "right"
+            out.append(PATTERNS[pattern][i].replace("GOLD", req.doc["answer"]))
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+
+def _expected(task: str) -> dict[str, float]:
+    docs = [PER_DOC[p] for p in PLAN[task]]
+    return {name: sum(d[i] for d in docs) / len(docs)
+            for i, name in enumerate(("acc", "pass_at_k", "answer_rate", "epistemic_count"))}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SD_BENCH_CACHE", str(tmp_path / "cache"))
+
+
+def test_canned_model_metrics_and_macro_average():
+    tm = lm_eval_tasks.task_manager(k=2, max_gen_toks=64, include_defaults=False)
+    lm = CannedLM()
+    out = simple_evaluate(model=lm, tasks=["sd_ood_math"], task_manager=tm, bootstrap_iters=0,
+                          samples={t: list(range(len(p))) for t, p in PLAN.items()}, log_samples=True)
+    res = out["results"]
+    for task in PLAN:
+        exp = _expected(task)
+        for metric, value in exp.items():
+            assert res[task][f"{metric},none"] == pytest.approx(value), (task, metric)
+        # no tokenizer in model_args: lengths in characters, never tokens
+        assert "response_tokens,none" not in res[task]
+        assert out["configs"][task]["repeats"] == 2
+    # hand-computed response_chars on AIME24 (one doc, pattern "right")
+    gold = out["samples"]["sd_aime24"][0]["doc"]["answer"]
+    texts = [t.replace("GOLD", gold) for t in PATTERNS["right"]]
+    assert res["sd_aime24"]["response_chars,none"] == pytest.approx(sum(map(len, texts)) / 2)
+    assert res["sd_aime24"]["epistemic_per_1k_chars,none"] == pytest.approx(
+        (3000 / len(texts[0]) + 1000 / len(texts[1])) / 2)
+    assert res["sd_aime24"]["marker_wait,none"] == pytest.approx(0.5)
+    assert res["sd_aime24"]["marker_perhaps,none"] == pytest.approx(0.5)
+
+    # group: unweighted macro average over the four tasks (sizes 1, 1, 1, 3 would weight differently)
+    group = res["sd_ood_math"]
+    for metric in ("acc", "pass_at_k", "answer_rate", "epistemic_count"):
+        macro = sum(_expected(t)[metric] for t in PLAN) / 4
+        assert group[f"{metric},none"] == pytest.approx(macro), metric
+    assert group["acc,none"] == pytest.approx((0.5 + 0 + 1 + 1 / 3) / 4)
+    assert group["acc,none"] != pytest.approx((0.5 + 0 + 1 + 3 * (1 / 3)) / 6)
+
+    # sample logs keep all k responses and the per-doc marker means
+    sample = out["samples"]["sd_math500"][2]
+    assert len(sample["filtered_resps"][0]) == 2
+    assert sample["marker_likely"] == pytest.approx(0.5)
+    # no tokenizer: the plain paper prompt, no template
+    assert lm.prompts[0].endswith("Please reason step by step, and put your final answer within \\boxed{}.")
+
+
+def test_probe_prompts_and_id_group():
+    tm = lm_eval_tasks.task_manager(k=1, include_defaults=False)
+    lm = CannedLM()
+    out = simple_evaluate(model=lm, tasks=["sd_context_probe", "sd_id_math"], task_manager=tm, limit=1,
+                          bootstrap_iters=0, log_samples=True)
+    docs = {t: out["samples"][t][0]["doc"] for t in ("sd_probe_none", "sd_probe_answer", "sd_probe_solution")}
+    assert docs["sd_probe_none"]["input"] == docs["sd_probe_none"]["prompt"]
+    assert "Correct solution:" not in docs["sd_probe_none"]["input"]
+    assert docs["sd_probe_answer"]["input"].endswith(
+        f"\n\nCorrect solution: {docs['sd_probe_answer']['answer']}\n\nCorrectly solve the original question.")
+    assert docs["sd_probe_solution"]["solution"].startswith("We have that")
+    assert f"Correct solution: {docs['sd_probe_solution']['solution']}" in docs["sd_probe_solution"]["input"]
+    assert out["results"]["sd_id_math"]["acc,none"] == pytest.approx(1.0)  # pattern "right", k = 1
+    assert out["configs"]["sd_dapo_seen512"]["generation_kwargs"]["temperature"] == 0.6
+
+
+def test_task_files_defaults_and_thinking_off(tmp_path):
+    src = Path(lm_eval_tasks.tasks_path())
+    template = (src / "_sd_math_template").read_text()
+    for line in ("repeats: 16", "  temperature: 0.6", "  top_p: 0.95", "  max_gen_toks: 38912", "  until: []"):
+        assert f"\n{line}\n" in template
+    names = sorted(p.stem for p in src.glob("*.yaml"))
+    assert len(names) == 15 and all(n.startswith("sd_") for n in names)
+    off = lm_eval_tasks.write_tasks(tmp_path / "off", k=3, thinking="off", max_gen_toks=100)
+    text = (off / "_sd_math_template").read_text()
+    for line in ("repeats: 3", "  temperature: 0.7", "  top_p: 0.8", "  max_gen_toks: 100", "  thinking: false"):
+        assert f"\n{line}\n" in text
+    assert sorted(p.stem for p in off.glob("*.yaml")) == names
+    # CLI
+    cli = [sys.executable, "-m", "sd_bench.cli", "tasks-path"]
+    assert subprocess.run(cli, capture_output=True, text=True, check=True).stdout.strip() == str(src)
+    printed = subprocess.run(cli + ["--k", "2", "--out", str(tmp_path / "k2")], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert "\nrepeats: 2\n" in (Path(printed) / "_sd_math_template").read_text()
+
+
+def test_pathological_outputs_are_scored():
+    doc = {"answer": "540", "tokenizer": ""}
+    bad = ["", "\\boxed{" * 20000, "}" * 50000 + "\\boxed{540}", "x" * 100_000, "</think>" * 1000,
+           "\\boxed{\\frac{1}{0}}", None]
+    metrics = lm_eval_tasks.process_results(doc, [bad])
+    assert metrics["acc"] == pytest.approx(1 / len(bad))
+    assert metrics["answer_rate"] == pytest.approx(2 / len(bad))
+    # take_first-style results (a bare string) work too
+    assert lm_eval_tasks.process_results(doc, ["\\boxed{540}"])["pass_at_k"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3(tmp_path_factory):
+    pytest.importorskip("torch")
+    from sd_bench.tiny_model import build_tiny_qwen3
+
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny") / "tiny-qwen3")
+
+
+def test_hf_tiny_qwen3_chat_template_and_exact_tokens(tiny_qwen3):
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    tm = lm_eval_tasks.task_manager(k=2, max_gen_toks=12, model_args=f"pretrained={tiny_qwen3}",
+                                    include_defaults=False)
+    out = simple_evaluate(model="hf", model_args=f"pretrained={tiny_qwen3},dtype=float32", tasks=["sd_aime24"],
+                          task_manager=tm, limit=2, device="cpu", batch_size=1, bootstrap_iters=0,
+                          log_samples=True)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    res = out["results"]["sd_aime24"]
+    samples = out["samples"]["sd_aime24"]
+    assert "response_chars,none" not in res
+    counts = []
+    for s in samples:
+        prompt = s["arguments"][0][0]
+        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt.count("<|im_start|>") == 2  # templated once, no system prompt
+        counts += [len(tok(r, add_special_tokens=False)["input_ids"]) for r in s["filtered_resps"][0]]
+    assert len(counts) == 4
+    assert res["response_tokens,none"] == pytest.approx(sum(counts) / 4)
+    assert res["response_tokens,none"] > 0  # re-tokenised decoded text: not always the 12 generated ids
+
+
+def test_chat_template_off_and_thinking_metadata(tiny_qwen3):
+    plain = lm_eval_tasks.load_dataset("aime24", pretrained=str(tiny_qwen3), chat_template=False)["test"][0]
+    assert plain["input"] == plain["prompt"]
+    assert plain["tokenizer"] == str(tiny_qwen3)  # lengths still in the model's tokens
+    templated = lm_eval_tasks.load_dataset("aime24", tokenizer=str(tiny_qwen3), pretrained="ignored")["test"][0]
+    assert templated["input"].startswith("<|im_start|>user\n" + plain["prompt"])
+
+
+def test_results_json_is_serialisable():
+    tm = lm_eval_tasks.task_manager(k=1, include_defaults=False)
+    out = simple_evaluate(model=CannedLM(), tasks=["sd_amc23"], task_manager=tm, limit=1, bootstrap_iters=0)
+    json.dumps(out["results"], default=str)
+    assert set(f"marker_{m},none" for m in MARKERS) <= set(out["results"]["sd_amc23"])
