@@ -57,7 +57,9 @@ def naive_loss(h_s, w, h_t, ids, mask, logp_old):
         return torch.cat([x, torch.log(-torch.expm1(log_mass))], -1)
 
     ls, lt = tail(ls), tail(lt)
-    log_m = torch.logsumexp(torch.stack([ls + torch.log(torch.tensor(1 - ALPHA)), lt + torch.log(torch.tensor(ALPHA))]), 0)
+    log_m = torch.logsumexp(
+        torch.stack([ls + torch.log(torch.tensor(1 - ALPHA)), lt + torch.log(torch.tensor(ALPHA))]), 0
+    )
     kl_t = (lt.exp() * (lt - log_m)).sum(-1)
     kl_s = (ls.exp() * (ls - log_m)).sum(-1)
     per_token = ALPHA * kl_t + (1 - ALPHA) * kl_s
@@ -87,7 +89,17 @@ def worker(args) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     if args.variant == "ours":
         loss, _ = sd_loss_from_hidden(
-            h_s, w, h_t, w, ids, mask, logp_old, alpha=ALPHA, top_k=TOP_K, is_clip=IS_CLIP, chunk_size=args.chunk
+            h_s,
+            w,
+            h_t,
+            w,
+            ids,
+            mask,
+            logp_old,
+            alpha=ALPHA,
+            top_k=TOP_K,
+            is_clip=IS_CLIP,
+            chunk_size=args.chunk,
         )
     else:
         loss = naive_loss(h_s, w, h_t, ids, mask, logp_old)
@@ -99,11 +111,25 @@ def worker(args) -> None:
 
 
 def _run(variant: str, args, out: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, "--out", out, "--tokens", str(args.tokens),
-           "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--out",
+        out,
+        "--tokens",
+        str(args.tokens),
+        "--hidden",
+        str(args.hidden),
+        "--vocab",
+        str(args.vocab),
+        "--threads",
+        str(args.threads),
+    ]
     cmd += ["--chunk", str(args.chunk)] if args.chunk else []
     cmd += ["--weight-grad"] if args.weight_grad else []
-    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, env=os.environ.copy())
     if res.returncode != 0:
         raise SystemExit(f"bench_loss: {variant} worker failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -151,16 +177,28 @@ def main(argv=None) -> None:
     }
     from tabulate import tabulate
 
-    print(f"SD loss fwd+bwd: {args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, "
-          f"top-{TOP_K}+tail JSD alpha {ALPHA}, IS clip {IS_CLIP}, lm_head grad: {args.weight_grad}, "
-          f"threads {args.threads}")
-    rows = [[v, f"{res[v]['peak_mib']:.0f}", f"{res[v]['cpu_s']:.2f}", f"{res[v]['wall_s']:.2f}", f"{res[v]['loss']:.6f}"]
-            for v in ("naive", "ours")]
+    print(
+        f"SD loss fwd+bwd: {args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, "
+        f"top-{TOP_K}+tail JSD alpha {ALPHA}, IS clip {IS_CLIP}, lm_head grad: {args.weight_grad}, "
+        f"threads {args.threads}"
+    )
+    rows = [
+        [
+            v,
+            f"{res[v]['peak_mib']:.0f}",
+            f"{res[v]['cpu_s']:.2f}",
+            f"{res[v]['wall_s']:.2f}",
+            f"{res[v]['loss']:.6f}",
+        ]
+        for v in ("naive", "ours")
+    ]
     print(tabulate(rows, headers=["variant", "peak MiB (RSS over inputs)", "CPU s", "wall s", "loss"]))
     ratio = summary["naive_peak_mib"] / max(summary["ours_peak_mib"], 1e-9)
-    print(f"peak ratio naive/ours {ratio:.1f}x (target >= 8), time ours/naive "
-          f"{summary['ours_s'] / summary['naive_s']:.2f} (target <= 1), max |diff| {summary['max_abs_diff']:.2e} "
-          "(target <= 1e-4; loss and every gradient element)")
+    print(
+        f"peak ratio naive/ours {ratio:.1f}x (target >= 8), time ours/naive "
+        f"{summary['ours_s'] / summary['naive_s']:.2f} (target <= 1), "
+        f"max |diff| {summary['max_abs_diff']:.2e} (target <= 1e-4; loss and every gradient element)"
+    )
     if args.json:
         print(json.dumps(summary))
 

@@ -130,7 +130,7 @@ def is_equivalent(pred: str, gold: str) -> bool:
         if threading.current_thread() is threading.main_thread():
             return _math_verify_equal(pred, gold, timeouts=True)
         return _WORKER.equal(pred, gold)
-    except Exception:  # math-verify/sympy failures on malformed LaTeX mean "not shown equivalent"
+    except Exception:  # noqa: BLE001  math-verify/sympy failures on malformed LaTeX mean "not shown equivalent"
         return False
 
 
@@ -192,7 +192,7 @@ def _worker_loop(conn) -> None:
             return
         try:
             result = _math_verify_equal(pred, gold, timeouts=True)  # the worker's main thread
-        except Exception:
+        except Exception:  # noqa: BLE001  any failure on malformed LaTeX means "not shown equivalent"
             result = False
         conn.send(result)
 

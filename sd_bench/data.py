@@ -127,7 +127,7 @@ def resolve(set_name: str) -> dict:
     return dict(_resolve(set_name, env))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(set_name: str, env: tuple) -> dict:
     relpath, expected = _check_set(set_name)
     data_dir = env[0]

@@ -83,7 +83,7 @@ def _hf_tokenizer(name: str, trust_remote_code: bool = False):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # missing offline, gated, unknown name...
+    except Exception as exc:  # noqa: BLE001  missing offline, gated, unknown name...
         _warn_once(f"sd_bench: cannot load tokenizer {name!r} ({exc})")
         return None
 
@@ -105,12 +105,14 @@ def token_counter(name: str):
 
             cached = try_to_load_from_cache(name, "tokenizer.json")
             file = Path(cached) if isinstance(cached, str) else None
-        except Exception:
+        except Exception:  # noqa: BLE001  no hub library / cache: fall back to transformers below
             file = None
     if file is not None and file.is_file():
         from tokenizers import Tokenizer
 
         fast = Tokenizer.from_file(str(file))
+        if hasattr(fast, "encode_batch_fast"):  # tokenizers >= 0.21: skips offsets, ~25% faster
+            return lambda text: len(fast.encode_batch_fast([text], add_special_tokens=False)[0].ids)
         return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
     tok = _hf_tokenizer(name)
     if tok is None:
@@ -172,6 +174,7 @@ def load_dataset(set_name: str, prompt_variant: str = "plain", dedupe: bool = Fa
             "prompt": user,
             "input": render(hf_tok, user, **template_kwargs) if hf_tok is not None else user,
             "answer": p.answer,
+            "kind": p.kind,
             "solution": p.solution or "",
             "tokenizer": name if counter is not None else "",
             "data_sha256": data["sha256"],
@@ -190,8 +193,12 @@ def keep_all(resps, docs):
 
 # ---------------------------------------------------------------- scoring (process_results hook)
 
-def score_responses(responses: list[str], gold: str, tokenizer: str = "") -> dict[str, float]:
-    """The per-problem metrics of k responses (module docstring has the equations)."""
+def score_responses(responses: list[str], gold: str, tokenizer: str = "", kind: str = "math") -> dict[str, float]:
+    """The per-problem metrics of k responses (module docstring has the equations).
+
+    `kind` picks the answer checker (`sd_bench.answer.grade`): "math" for the paper's sets, "toy" for the
+    miniature world's tasks, which reuse these hooks with a `kind` field in their docs.
+    """
     counter = token_counter(tokenizer) if tokenizer else None
     unit = "tokens" if counter is not None else "chars"
     length = counter or len
@@ -199,7 +206,7 @@ def score_responses(responses: list[str], gold: str, tokenizer: str = "") -> dic
     correct = answered = e_sum = len_sum = rate_sum = 0.0
     per_marker = dict.fromkeys(MARKERS, 0)
     for text in responses:
-        g = grade("math", text, gold)
+        g = grade(kind, text, gold)
         counts = marker_counts(text)
         e = sum(counts.values())
         n = length(text)
@@ -229,7 +236,7 @@ def process_results(doc: dict, results: list) -> dict[str, float]:
     else:
         responses = list(results)
     return score_responses([r if isinstance(r, str) else str(r) for r in responses], doc["answer"],
-                           doc.get("tokenizer") or "")
+                           doc.get("tokenizer") or "", doc.get("kind") or "math")
 
 
 # ---------------------------------------------------------------- where lm-eval finds the tasks

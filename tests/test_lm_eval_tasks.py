@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import lm_eval.models  # noqa: F401  (fills the registry before we add to it)
+import pytest
 from lm_eval import simple_evaluate
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -205,4 +205,15 @@ def test_results_json_is_serialisable():
     tm = lm_eval_tasks.task_manager(k=1, include_defaults=False)
     out = simple_evaluate(model=CannedLM(), tasks=["sd_amc23"], task_manager=tm, limit=1, bootstrap_iters=0)
     json.dumps(out["results"], default=str)
-    assert set(f"marker_{m},none" for m in MARKERS) <= set(out["results"]["sd_amc23"])
+    assert {f"marker_{m},none" for m in MARKERS} <= set(out["results"]["sd_amc23"])
+
+
+def test_scoring_path_does_not_import_torch(tiny_qwen3):
+    code = (
+        "import sys\n"
+        "from sd_bench.lm_eval_tasks import process_results\n"
+        f"m = process_results({{'answer': '5', 'tokenizer': {str(tiny_qwen3)!r}}}, [['Wait. \\\\boxed{{5}}']])\n"
+        "assert m['acc'] == 1.0 and m['response_tokens'] > 0, m\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

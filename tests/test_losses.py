@@ -68,7 +68,9 @@ def test_topk_plus_tail_bucket_by_hand():
     bs = torch.stack([ps[0], ps[1], 1 - ps[top].sum()])
     bt = torch.stack([pt[0], pt[1], 1 - pt[top].sum()])
     want = (bs * (bs / bt).log()).sum()  # reverse KL over the 3 buckets
-    got, stats = L.sd_loss_from_logits(s, t, torch.tensor([0]), torch.ones(1), alpha=1.0, top_k=2, is_clip=None)
+    got, stats = L.sd_loss_from_logits(
+        s, t, torch.tensor([0]), torch.ones(1), alpha=1.0, top_k=2, is_clip=None
+    )
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert stats["sd/teacher_topk_mass"] == pytest.approx(pt[top].sum().item(), rel=1e-5)
 
@@ -160,8 +162,9 @@ def test_zero_mask_or_sample_weight_gives_zero_loss_and_gradient():
     assert stats["sd/tokens"] == 2 * tlen
 
     hs, ws = torch.randn(6, 4, requires_grad=True), torch.randn(v, 4, requires_grad=True)
-    loss, _ = L.sd_loss_from_hidden(hs, ws, torch.randn(6, 4), ws, ids[0, :6].repeat(2)[:6], torch.zeros(6),
-                                    is_clip=None)
+    loss, _ = L.sd_loss_from_hidden(
+        hs, ws, torch.randn(6, 4), ws, ids[0, :6].repeat(2)[:6], torch.zeros(6), is_clip=None
+    )
     gh, gw = torch.autograd.grad(loss, (hs, ws))
     assert loss.item() == 0 and gh.abs().max() == 0 and gw.abs().max() == 0
 
@@ -246,7 +249,9 @@ def test_grpo_clip_higher_on_hand_made_numbers():
 
     # Per-sequence advantages broadcast over [B, T]; masked tokens count in neither sum.
     lp = torch.zeros(2, 3, requires_grad=True)
-    loss, _ = L.grpo_loss(lp, torch.zeros(2, 3), torch.tensor([2.0, -1.0]), torch.tensor([[1, 1, 0], [1, 0, 0.0]]))
+    loss, _ = L.grpo_loss(
+        lp, torch.zeros(2, 3), torch.tensor([2.0, -1.0]), torch.tensor([[1, 1, 0], [1, 0, 0.0]])
+    )
     assert loss.item() == pytest.approx((-2 - 2 + 1) / 3)
 
 
@@ -262,8 +267,15 @@ def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="alpha"):
         L.sd_loss_from_logits(s, s, torch.zeros(2, dtype=torch.long), torch.ones(2), alpha=1.5)
     with pytest.raises(ValueError, match="teacher_hidden"):
-        L.sd_loss_from_hidden(torch.randn(3, 4), torch.randn(5, 4), torch.randn(2, 4), torch.randn(5, 4),
-                              torch.zeros(3, dtype=torch.long), torch.ones(3), is_clip=None)
+        L.sd_loss_from_hidden(
+            torch.randn(3, 4),
+            torch.randn(5, 4),
+            torch.randn(2, 4),
+            torch.randn(5, 4),
+            torch.zeros(3, dtype=torch.long),
+            torch.ones(3),
+            is_clip=None,
+        )
 
 
 def test_bf16_chunked_path_tracks_fp32():
@@ -280,5 +292,7 @@ def test_bf16_chunked_path_tracks_fp32():
         assert ga.dtype == dt and gb.dtype == dt
         out[dt] = (loss.item(), ga.float())
     assert out[torch.bfloat16][0] == pytest.approx(out[torch.float32][0], rel=5e-2)
-    cos = torch.nn.functional.cosine_similarity(out[torch.bfloat16][1].flatten(), out[torch.float32][1].flatten(), 0)
+    cos = torch.nn.functional.cosine_similarity(
+        out[torch.bfloat16][1].flatten(), out[torch.float32][1].flatten(), 0
+    )
     assert cos > 0.99

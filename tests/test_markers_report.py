@@ -15,8 +15,7 @@ def _write(folder, task, stamp, responses_per_doc):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"samples_{task}_{stamp}.jsonl"
     with open(path, "w") as f:
-        for i, resps in enumerate(responses_per_doc):
-            f.write(json.dumps({"doc_id": i, "filtered_resps": [resps], "resps": [[resps]], "acc": 0.0}) + "\n")
+        f.writelines(json.dumps({"doc_id": i, "filtered_resps": [resps], "resps": [[resps]], "acc": 0.0}) + "\n" for i, resps in enumerate(responses_per_doc))
     return path
 
 

@@ -21,6 +21,7 @@ prototype recipe:
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -75,11 +76,13 @@ def sample(model, tok, prompts: list[list[int]], max_new: int, temperature: floa
     out: list[list[int]] = [[] for _ in range(B)]
     rows = torch.arange(B)  # original index of each active row
     cache, step_ids, step_pos = None, ids_B_T, pos_B_T
+    # transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         for _ in range(max_new):
             res = model(input_ids=step_ids, attention_mask=mask_B_T, position_ids=step_pos,
-                        past_key_values=cache, use_cache=True)
-            cache = res.past_key_values
+                        use_cache=True, **{cache_kw: cache})
+            cache = getattr(res, "cache", None) or res.past_key_values
             probs_b_V = torch.softmax(res.logits[:, -1].float() / temperature, dim=-1)
             nxt_b = torch.multinomial(probs_b_V, 1, generator=generator).squeeze(1)
             for i, t in zip(rows.tolist(), nxt_b.tolist()):
@@ -203,7 +206,7 @@ def grpo_loss(student_logp_B_R_V, responses_B_R, mask_B_R, rewards_B, group: int
 
 
 def post_train(base_dir, method: str, context: str | None, train_set, steps: int, seed: int,
-               eval_fn=None, log=print):
+               eval_fn=None, log=print, max_new: int = MAX_NEW_ID):
     """Train a copy of the base for `steps` on-policy steps; returns (model, per-step records)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -221,7 +224,7 @@ def post_train(base_dir, method: str, context: str | None, train_set, steps: int
         batch = [p for p in chosen for _ in range(ROLLOUTS_PER_PROMPT)]
         prompts = encode_prompts(tok, [render(tok, p.prompt) for p in batch])
         student.eval()
-        responses = sample(student, tok, prompts, MAX_NEW_ID, TEMPERATURE, gen)
+        responses = sample(student, tok, prompts, max_new, TEMPERATURE, gen)
         responses = [r if r else [tok.eos_token_id] for r in responses]
         texts = [decode_response(tok, r) for r in responses]
         rewards = [float(world.grade_toy(t, p.answer).correct) for t, p in zip(texts, batch)]
@@ -359,7 +362,8 @@ def main(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_experiment(args.base, steps=args.steps, seeds=args.seeds, runs=args.runs)
+    result = run_experiment(args.base, steps=args.steps, seeds=args.seeds, runs=args.runs,
+                            coverage=not args.no_coverage)
     print(markdown_table(result))
     if args.out:
         out = Path(args.out)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sd_bench.train.distributed import full_state_dict, is_sharded, load_full_state_dict
 from sd_bench.train.model import is_lora
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -56,10 +57,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_weights(model, tokenizer, folder: Path) -> None:
-    """HF-loadable weights: a full model folder, or a PEFT adapter folder; the tokenizer beside them."""
+def gather_weights(model) -> dict | None:
+    """FSDP-sharded model: its full state dict on rank 0 (call on EVERY rank: a collective); else None."""
+    return full_state_dict(model) if is_sharded(model) else None
+
+
+def save_weights(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    """HF-loadable weights: a full model folder, or a PEFT adapter folder; the tokenizer beside them.
+    `state_dict`: the gathered weights of an FSDP-sharded model (see `gather_weights`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    if state_dict is None:
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, state_dict=state_dict)
+        # FSDP2 swaps the class to `FSDP<Name>`; HF writes the class name as the architecture (vLLM and
+        # lm-eval read it), so write the original one back
+        base = next(c for c in type(model).__mro__[1:] if c.__name__ == type(model).__name__.removeprefix("FSDP"))
+        model.config.architectures = [base.__name__]
+        model.config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
@@ -76,7 +91,7 @@ def load_weights(model, folder: Path) -> None:
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_full_state_dict(model, state, strict=False)  # FSDP: each rank keeps its shard
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:
@@ -85,7 +100,8 @@ def load_weights(model, folder: Path) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, rank: int = 0,
                     world_size: int = 1, barrier=lambda: None, keep: int | None = None) -> Path:
-    """Write checkpoint-<step>/ atomically. Every rank calls it (each saves its RNG); rank 0 writes the rest."""
+    """Write checkpoint-<step>/ atomically. Every rank calls it (each saves its RNG; FSDP gathers the
+    weights); rank 0 writes the rest. `trainer_state` must already hold full (gathered) states."""
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".checkpoint-{step}.tmp"
@@ -95,9 +111,10 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    weights = gather_weights(model)  # FSDP: every rank takes part; rank 0 gets the full weights
     barrier()
     if rank == 0:
-        save_weights(model, tokenizer, tmp / "model")
+        save_weights(model, tokenizer, tmp / "model", state_dict=weights)
         torch.save({**trainer_state, "step": step, "world_size": world_size}, tmp / "trainer_state.pt")
         _fsync_tree(tmp)
         if final.exists():

@@ -113,6 +113,15 @@ class RunConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # Used when launched with several processes (torchrun / accelerate launch); one process ignores it.
+    # auto = ddp for LoRA (only the adapter is trained; a full replica per process is cheap), fsdp for full
+    # fine-tuning (FSDP2 `fully_shard` per decoder layer + root: parameters, gradients and AdamW state sharded).
+    strategy: str = "auto"  # auto | ddp | fsdp
+    find_unused_parameters: bool = False  # ddp: set true only if some trainable weight gets no gradient
+
+
+@dataclass
 class TrainConfig:
     algorithm: str = "sdpo"  # sdpo | grpo | sft
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +131,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # Allowed values of the string fields (checked after every merge).
@@ -134,6 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.context": ("none", "answer", "reference_solution", "sibling", "sibling_nothink", "regenerated"),
     "teacher.mode": ("frozen", "ema", "live"),
     "loss.kind": ("jsd", "sampled_token"),
+    "distributed.strategy": ("auto", "ddp", "fsdp"),
 }
 
 # Scale presets, applied on top of the recipe. `paper` changes nothing: the recipes hold the paper's values.
@@ -339,6 +350,9 @@ def validate(cfg: TrainConfig, source: str) -> None:
         )
     if cfg.loss.kind == "sampled_token" and cfg.loss.alpha != 1.0:
         raise ConfigError(f"{source}: field `loss.alpha` must be 1.0 with loss.kind=sampled_token (reverse KL)")
+    if cfg.distributed.strategy == "fsdp" and cfg.model.finetune == "lora":
+        raise ConfigError(f"{source}: field `distributed.strategy` = 'fsdp' is for full fine-tuning; with "
+                          "model.finetune=lora use distributed.strategy=ddp (or auto)")
     if cfg.loss.top_k is not None and cfg.loss.top_k <= 0:
         raise ConfigError(f"{source}: field `loss.top_k` must be > 0 or null (full vocabulary)")
 

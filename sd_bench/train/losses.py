@@ -23,9 +23,10 @@ Conventions follow lasgroup/SDPO (verl `compute_self_distillation_loss`) and TRL
 
 Memory. At Qwen3's vocabulary (151,936) one sequence of 4,096 tokens has 0.6e9 logits (2.5 GB in fp32);
 `sd_loss_from_hidden` never materialises logits for more than one chunk of tokens. Per chunk it computes
-student and teacher logits, the fp32 log-softmax, the loss, and by autograd the gradient of the chunk's
-loss w.r.t. the chunk's student logits, which it turns at once into gradients for the hidden states and the
-lm_head weight; backward only scales them by the incoming gradient. This is a departure from the issue's
+student and teacher logits (fp32), the log-sum-exps, the loss, and the gradient of the chunk's loss w.r.t.
+the chunk's student logits (autograd on the gathered top-k / sampled-token log-probs, the [chunk, V] part
+assembled in place), which it turns at once into gradients for the hidden states and the lm_head weight;
+backward only scales them by the incoming gradient. This is a departure from the issue's
 suggestion of `torch.utils.checkpoint`: both bound memory by one chunk, but checkpointing recomputes the
 student and teacher logits in backward (6 vocab-sized matmuls per token) where this does the 4 a dense
 implementation does (student and teacher logits, two gradient matmuls), so it is no slower than dense.
@@ -44,8 +45,11 @@ MODES = ("jsd", "sampled_token")
 # Elements of one chunk's [tokens, vocab] fp32 buffer: 20 Mi floats = 80 MiB, 138 tokens at vocab 151,936.
 # Two such buffers live in the top-k path (student and teacher logits, reused across chunks), so the loss's
 # working memory is ~160 MiB whatever the batch. Smaller chunks cost CPU matmul efficiency (measured: 55-token
-# chunks ran 25% slower than 128-token ones at hidden 1,024). GPU callers with memory to spare pass a larger chunk_size.
+# chunks ran 25% slower than 128-token ones at hidden 1,024).
 DEFAULT_CHUNK_ELEMS = 20 << 20
+# On CUDA: 256 Mi floats = 1 GiB per buffer, ~1,766 tokens at vocab 151,936 (2-3 GiB for the loss: small
+# next to an 80 GB GPU, and the per-chunk lm_head matmuls stay large enough to run near peak).
+CUDA_CHUNK_ELEMS = 1 << 28
 _LOG_RATIO_BOUND = 20.0  # SDPO/verl clamp on log(S/old) before exp, so a stale token cannot overflow
 _TAIL_LOG_MAX = -1e-7  # SDPO/verl: keep log(sum p_topk) < 0 so log(1 - sum p_topk) is finite
 
@@ -75,7 +79,8 @@ def generalized_jsd(logp_s: torch.Tensor, logp_t: torch.Tensor, alpha: float) ->
         alpha=0  : KL(T || S) = sum_v T_v (log T_v - log S_v)              (forward KL)
         alpha=1  : KL(S || T) = sum_v S_v (log S_v - log T_v)              (reverse KL)
 
-    Same definition as TRL's `generalized_jsd_loss` (beta = alpha) and SDPO's `compute_self_distillation_loss`.
+    Same definition as TRL's `generalized_jsd_loss` (beta = alpha) and SDPO's
+    `compute_self_distillation_loss`.
     """
     if alpha == 0.0:
         return (logp_t.exp() * (logp_t - logp_s)).sum(-1)
@@ -100,7 +105,9 @@ def clipped_importance_ratio(
     if is_clip is None:
         return torch.ones_like(logp_current).detach()
     if logp_old is None:
-        raise ValueError("losses: is_clip is set but logp_old is None; pass the rollout log-probs or is_clip=None")
+        raise ValueError(
+            "losses: is_clip is set but logp_old is None; pass the rollout log-probs or is_clip=None"
+        )
     log_ratio = (logp_current.detach() - logp_old.to(logp_current.dtype)).clamp(
         -_LOG_RATIO_BOUND, _LOG_RATIO_BOUND
     )
@@ -205,7 +212,7 @@ def _finish_stats(sums: torch.Tensor, weight_total: torch.Tensor, top_k, logp_ol
     return stats
 
 
-def token_mean_denominator(mask: torch.Tensor, num_tokens: float | int | torch.Tensor | None) -> torch.Tensor:
+def token_mean_denominator(mask: torch.Tensor, num_tokens: float | torch.Tensor | None) -> torch.Tensor:
     """sum_t m_t (at least 1), or the caller's global count (data parallel: all ranks' tokens)."""
     if num_tokens is not None:
         return torch.as_tensor(num_tokens, dtype=torch.float32, device=mask.device).clamp(min=1.0)
@@ -225,13 +232,14 @@ def sd_loss_from_logits(
     mode: str = "jsd",
     temperature: float = 1.0,
     sample_weight: torch.Tensor | None = None,
-    num_tokens: float | int | torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dense self-distillation loss from logits [..., V] (small cases, tests, the reference).
 
         L = sum_t m_t * rho_t * D_t / sum_t m_t
         D_t = JSD_alpha(S_t, T_t) over the student's top-k + tail (or all of V when top_k is None),
-              or, for mode="sampled_token", the surrogate with gradient (log S(y_t) - log T(y_t)) grad log S(y_t)
+              or, for mode="sampled_token", the surrogate whose gradient is
+              (log S(y_t) - log T(y_t)) grad log S(y_t)
         rho_t = clipped_importance_ratio(log S(y_t), logp_old_t, is_clip)
         m_t = mask_t * sample_weight_b (samples with no successful sibling: weight 0)
 
@@ -279,7 +287,7 @@ def _lse_inplace(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns (lse [c], rowsum of the overwritten z [c]); softmax(z) is then z / rowsum.
     """
-    row_max = z.max(dim=-1, keepdim=True).values
+    row_max = z.amax(dim=-1, keepdim=True)
     z.sub_(row_max).exp_()
     total = z.sum(dim=-1)
     return row_max.squeeze(-1) + total.log(), total
@@ -343,11 +351,11 @@ def _chunk_full_vocab(hs, w_s, ht, w_t, ids, m, old, denom, opts):
 
 
 class _FusedSDLoss(torch.autograd.Function):
-    """Chunked SD loss whose gradients w.r.t. the student's hidden states and lm_head are formed in forward."""
+    """Chunked SD loss; its gradients w.r.t. the student's hidden states and lm_head are formed in forward."""
 
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, token_ids, mask, logp_old, denom, opts):
-        alpha, top_k, is_clip, mode, temperature, chunk = opts
+        _, top_k, _, mode, temperature, chunk = opts
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h_s) if need_h else None
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_w else None
@@ -366,11 +374,13 @@ class _FusedSDLoss(torch.autograd.Function):
             hs = h_s[sl].detach()
             old = logp_old[sl] if logp_old is not None else None
             if not gathered:
-                chunk_loss, sums_c, g = _chunk_full_vocab(hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old,
-                                                          denom, opts)
+                chunk_loss, sums_c, g = _chunk_full_vocab(
+                    hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old, denom, opts
+                )
             else:
-                chunk_loss, sums_c, g = _chunk_gathered(hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old,
-                                                        denom, opts, buf_s, buf_t)
+                chunk_loss, sums_c, g = _chunk_gathered(
+                    hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old, denom, opts, buf_s, buf_t
+                )
             loss += chunk_loss
             sums += sums_c
             if not (need_h or need_w):
@@ -383,8 +393,8 @@ class _FusedSDLoss(torch.autograd.Function):
             if need_w:
                 if g.dtype == torch.float32 and hs.dtype == torch.float32:
                     grad_w.addmm_(g.T, hs)
-                else:  # low-precision matmul, fp32 accumulation across chunks
-                    grad_w += (g.T @ hs.to(g.dtype)).float()
+                else:  # low-precision matmul, fp32 accumulation across chunks (in-place add promotes)
+                    grad_w.add_(g.T @ hs.to(g.dtype))
             del g
         ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
         ctx.flags = (need_h, need_w, h_s.dtype, w_s.dtype)
@@ -395,16 +405,18 @@ class _FusedSDLoss(torch.autograd.Function):
     def backward(ctx, g_loss, _g_sums):
         need_h, need_w, h_dtype, w_dtype = ctx.flags
         saved = list(ctx.saved_tensors)
-        # In place: the saved gradients are used once (this Function does not support double backward or a
-        # second backward through the same graph) and a [V, H] copy would double the lm_head's gradient memory.
+        # In place: the saved gradients are used once (no double backward, no second backward through the
+        # same graph) and a [V, H] copy would double the lm_head's gradient memory.
         grad_h = saved.pop(0).mul_(g_loss.to(h_dtype)) if need_h else None
         grad_w = saved.pop(0).mul_(g_loss).to(w_dtype) if need_w else None
         return grad_h, grad_w, None, None, None, None, None, None, None
 
 
-def default_chunk_size(vocab: int) -> int:
-    """Tokens per chunk so one [chunk, vocab] fp32 buffer holds DEFAULT_CHUNK_ELEMS floats."""
-    return max(16, DEFAULT_CHUNK_ELEMS // vocab)
+def default_chunk_size(vocab: int, device: torch.device | str = "cpu") -> int:
+    """Tokens per chunk: one [chunk, vocab] fp32 buffer of DEFAULT_CHUNK_ELEMS floats on CPU (138 tokens at
+    vocab 151,936), CUDA_CHUNK_ELEMS on CUDA (1,766), where large matmuls are what keeps the GPU busy."""
+    elems = CUDA_CHUNK_ELEMS if torch.device(device).type == "cuda" else DEFAULT_CHUNK_ELEMS
+    return max(16, elems // vocab)
 
 
 def sd_loss_from_hidden(
@@ -421,21 +433,23 @@ def sd_loss_from_hidden(
     is_clip: float | None = 2.0,
     mode: str = "jsd",
     temperature: float = 1.0,
-    num_tokens: float | int | torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The trainer's entry point: the SD loss of `sd_loss_from_logits`, chunked over tokens.
 
-    student_hidden [N, H]: final hidden states (after the last norm) at the positions that PREDICT each response
-    token, already gathered (position i predicts token_ids[i]); student_weight [V, H]: the student's lm_head.
+    student_hidden [N, H]: final hidden states (after the last norm) at the positions that PREDICT each
+    response token, already gathered (row i predicts token_ids[i]); student_weight [V, H]: its lm_head.
     teacher_hidden [N, H], teacher_weight [V, H]: the same for the teacher's forward over its richer context
     (the weight may be the student's tensor itself; the teacher side never gets a gradient).
     token_ids [N] sampled tokens; mask [N] response mask times per-sample weight; logp_old [N] log-probs of
     the sampled tokens under the sampling policy (needed when is_clip is set). num_tokens: the token-mean
-    denominator when it must span more than this call (gradient accumulation, data parallel); default sum(mask).
+    denominator when it must span more than this call (gradient accumulation, data parallel); default
+    sum(mask).
 
-    Peak extra memory is a few [chunk_size, V] fp32 buffers plus the gradients of the inputs; chunk_size
-    defaults to default_chunk_size(V). Returns (loss, stats) with the stats of `sd_loss_from_logits`.
+    Peak extra memory is two [chunk_size, V] fp32 buffers (top-k and sampled-token modes; the full-vocabulary
+    JSD needs a few more) plus the gradients of the inputs; chunk_size defaults to
+    default_chunk_size(V, device). Returns (loss, stats) with the stats of `sd_loss_from_logits`.
     """
     _check_options(alpha, top_k, is_clip, mode, temperature)
     n, hdim = student_hidden.shape
@@ -451,7 +465,7 @@ def sd_loss_from_hidden(
             raise ValueError(f"sd_loss_from_hidden: {name} has shape {tuple(x.shape)}, expected {shape}")
     if logp_old is not None and tuple(logp_old.shape) != (n,):
         raise ValueError(f"sd_loss_from_hidden: logp_old has shape {tuple(logp_old.shape)}, expected {(n,)}")
-    chunk = chunk_size or default_chunk_size(v)
+    chunk = chunk_size or default_chunk_size(v, student_hidden.device)
     m = mask.float()
     denom = token_mean_denominator(m, num_tokens)
     old = logp_old.float() if logp_old is not None else None
@@ -480,13 +494,15 @@ def token_logprobs_from_hidden(
     Each chunk runs under torch.utils.checkpoint, so backward recomputes its logits instead of keeping them:
     memory is one [chunk, V] buffer, at the cost of one extra matmul per chunk.
     """
-    chunk = chunk_size or default_chunk_size(weight.shape[0])
+    chunk = chunk_size or default_chunk_size(weight.shape[0], hidden.device)
     parts = []
     for start in range(0, hidden.shape[0], chunk):
         sl = slice(start, start + chunk)
         if hidden.requires_grad or weight.requires_grad:
             parts.append(
-                checkpoint(_chunk_token_logprobs, hidden[sl], weight, token_ids[sl], temperature, use_reentrant=False)
+                checkpoint(
+                    _chunk_token_logprobs, hidden[sl], weight, token_ids[sl], temperature, use_reentrant=False
+                )
             )
         else:
             parts.append(_chunk_token_logprobs(hidden[sl], weight, token_ids[sl], temperature))
@@ -494,9 +510,11 @@ def token_logprobs_from_hidden(
 
 
 def grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """A_i = r_i - mean_{j in group(i)} r_j, rewards [B] ordered group by group (paper: mean-centred, no std)."""
+    """A_i = r_i - mean_{j in group(i)} r_j; rewards [B] in groups (paper: mean-centred, no std)."""
     if rewards.numel() % group_size:
-        raise ValueError(f"grpo_advantages: {rewards.numel()} rewards do not split into groups of {group_size}")
+        raise ValueError(
+            f"grpo_advantages: {rewards.numel()} rewards do not split into groups of {group_size}"
+        )
     r = rewards.float().view(-1, group_size)
     return (r - r.mean(dim=1, keepdim=True)).view(-1)
 
@@ -509,7 +527,7 @@ def grpo_loss(
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.28,
-    num_tokens: float | int | torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip policy loss with clip-higher, no KL, token-mean (the paper's GRPO baseline).
 

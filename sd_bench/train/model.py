@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sd_bench.train.config import ModelConfig
+from sd_bench.train.distributed import full_state_dict, load_full_state_dict, reshard
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -71,8 +72,16 @@ def trainable_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """(final hidden states [B, T, H] after the last norm, lm_head weight [V, H]) of one forward pass."""
+    """(final hidden states [B, T, H] after the last norm, lm_head weight [V, H]) of one forward pass.
+
+    Under a data-parallel engine (sd_bench.train.distributed) the pass must go through the engine's forward:
+    `model` is then the DDP wrapper of `HiddenStates`, or an FSDP root carrying `sd_hidden_states`."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model(input_ids, attention_mask)
     lm = causal_lm(model)
+    engine_forward = getattr(lm, "sd_hidden_states", None)
+    if engine_forward is not None:
+        return engine_forward(input_ids, attention_mask)
     out = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state, lm.get_output_embeddings().weight
 
@@ -86,6 +95,9 @@ class Teacher:
       LoRA: an EMA copy of the adapter weights only, swapped into the model for the teacher's forward.
       Full FT: an EMA deepcopy.
     - live: the current student weights (no copy).
+
+    Several processes: build the Teacher before the engine shards the student, then `prepare(...)` the copy
+    with the engine (FSDP shards it like the student, so the EMA update is a local op on matching shards).
     """
 
     def __init__(self, model, mode: str, ema_rate: float):
@@ -98,11 +110,19 @@ class Teacher:
         elif mode == "ema":
             self.ema = {n: p.detach().clone() for n, p in trainable_parameters(model)}
 
+    def prepare(self, prepare_copy) -> None:
+        """Give the full-FT copy to the data-parallel engine (`Engine.prepare_copy`); a no-op without copy."""
+        if self.copy is not None:
+            self.copy = prepare_copy(self.copy)
+
     @contextlib.contextmanager
     def weights(self, student):
         """A model whose forward is the teacher's (use under torch.no_grad)."""
         if self.copy is not None:
-            yield self.copy
+            try:
+                yield self.copy
+            finally:
+                reshard(self.copy)  # FSDP keeps the root's weights gathered after a forward; free them
         elif self.mode == "frozen":
             with student.disable_adapter():
                 yield student
@@ -139,8 +159,8 @@ class Teacher:
         """What a checkpoint must hold to resume exactly (empty for frozen LoRA and live)."""
         if self.ema is not None:
             return {n: t.clone() for n, t in self.ema.items()}
-        if self.copy is not None and self.mode == "ema":
-            return {n: t.clone() for n, t in self.copy.state_dict().items()}
+        if self.copy is not None and self.mode == "ema":  # sharded: gathered on rank 0 (a collective)
+            return {n: t.clone() for n, t in full_state_dict(self.copy).items()}
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -148,4 +168,4 @@ class Teacher:
             for n, t in self.ema.items():
                 t.copy_(state[n])
         elif self.copy is not None and self.mode == "ema":
-            self.copy.load_state_dict(state)
+            load_full_state_dict(self.copy, state)

@@ -10,12 +10,13 @@ One visible loop, read top to bottom:
         grpo: advantages = reward - group mean (no std)
         old log-probs <- trainer forward without grad (verl's recomputation; the IS ratio's denominator)
         for each mini-batch: (micro-batches: teacher forward no-grad, student forward, chunked loss,
-                              backward) -> all-reduce grads -> clip -> AdamW step -> EMA teacher update
+                              backward; DDP/FSDP sum the gradients) -> clip -> AdamW step -> EMA teacher update
         log metrics.jsonl, checkpoint every `save_every` steps
 
 Paper: PAPER.md "Training recipes" (lr 1e-5 SDPO / 1e-6 GRPO, 256 prompts x 8, mini-batch 128, JSD alpha 0.5
 top-100 + tail, IS clip 2, frozen teacher, clip 0.2 / 0.28, token-mean). Launch: `sd-bench train sdpo ...`
-(one process) or `torchrun --nproc-per-node N -m sd_bench.cli train ...` (data parallel, see runtime.py).
+(one process) or `torchrun --nproc-per-node N -m sd_bench.cli train ...` / `accelerate launch ...` (data
+parallel: DDP for LoRA, FSDP for full fine-tuning, see distributed.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ from sd_bench.problems import Problem
 from sd_bench.prompts import problem_prompt, render
 from sd_bench.train import checkpoint, teacher_context
 from sd_bench.train.config import DataConfig, TrainConfig
+from sd_bench.train.distributed import (
+    Engine,
+    clip_grad_norm,
+    load_optimizer_state_dict,
+    optimizer_state_dict,
+    resolve_strategy,
+)
 from sd_bench.train.losses import grpo_advantages, grpo_loss, sd_loss_from_hidden, token_logprobs_from_hidden
 from sd_bench.train.model import Teacher, hidden_states, load_model, resolve_model_path, trainable_parameters
 from sd_bench.train.rollout import make_rollouts, sample_seed
@@ -151,11 +159,15 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     if dist.main:
         resolve_model_path(cfg.model, run_dir)  # builds the tiny model once, before other ranks load it
     dist.barrier()
-    seed_everything(cfg.run.seed + dist.rank)
+    seed_everything(cfg.run.seed + dist.rank)  # LoRA init differs per rank; DDP broadcasts rank 0's
     model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
     problems = load_training_problems(cfg.data)
-    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate) if sdpo else None
-    params = [p for _, p in trainable_parameters(model)]
+    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate) if sdpo else None  # copy before sharding
+    engine = Engine(model, dist, resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
+                    cfg.distributed.find_unused_parameters)
+    if teacher is not None:
+        teacher.prepare(engine.prepare_copy)
+    params = [p for _, p in trainable_parameters(model)]  # FSDP: this rank's shards
     optimizer = build_optimizer(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
     scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps)
     sampler = Sampler(len(problems), cfg.run.seed)
@@ -164,7 +176,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         state = checkpoint.load_checkpoint(latest, model=model, rank=dist.rank)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state_dict(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         if teacher is not None:
@@ -197,34 +209,37 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         prompt_ids = [tokenizer(render(tokenizer, p.prompt, **tk), add_special_tokens=False)["input_ids"]
                       for p in batch]
 
-        # 2. rollouts and rewards
-        samples = rollouts.generate(prompt_ids, n=n, temperature=temperature, top_p=cfg.rollout.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens,
-                                    seeds=[sample_seed(cfg.run.seed, step, i) for i in mine])
-        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-        rewards = [reward(cfg.data.reward, batch[s.prompt_index], t) for s, t in zip(samples, texts)]
+        # 2-4 are rank-local no-grad work (generate stops at different lengths on each rank): under FSDP the
+        #     weights are gathered once for all of it
+        with engine.inference():
+            # 2. rollouts and rewards
+            samples = rollouts.generate(prompt_ids, n=n, temperature=temperature, top_p=cfg.rollout.top_p,
+                                        max_new_tokens=cfg.rollout.max_new_tokens,
+                                        seeds=[sample_seed(cfg.run.seed, step, i) for i in mine])
+            texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+            rewards = [reward(cfg.data.reward, batch[s.prompt_index], t) for s, t in zip(samples, texts)]
 
-        # 3. who learns from what: teacher inputs (sdpo) or advantages (grpo)
-        items: list[Item] = []
-        if sdpo:
-            items = _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, step)
-        else:
-            adv = grpo_advantages(torch.tensor(rewards), n).tolist()
-            items = [Item(s.prompt_ids, s.response_ids, s.logprobs, s.prompt_index, advantage=a)
-                     for s, a in zip(samples, adv)]
+            # 3. who learns from what: teacher inputs (sdpo) or advantages (grpo)
+            items: list[Item] = []
+            if sdpo:
+                items = _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, step)
+            else:
+                adv = grpo_advantages(torch.tensor(rewards), n).tolist()
+                items = [Item(s.prompt_ids, s.response_ids, s.logprobs, s.prompt_index, advantage=a)
+                         for s, a in zip(samples, adv)]
 
-        # 4. old log-probs by the trainer (no grad): IS ratio / PPO ratio denominator and the log-prob gap
-        gap_sum = gap_abs_sum = 0.0
-        with torch.no_grad():
-            for micro in chunks(items, cfg.optim.micro_batch_size):
-                h, w, t = response_hidden(model, [i.prompt_ids for i in micro], [i.response_ids for i in micro],
-                                          pad_id, dist.device)
-                lp = token_logprobs_from_hidden(h, w, t, temperature=temperature, chunk_size=cfg.loss.chunk_size)
-                for item, part in zip(micro, lp.split([len(i.response_ids) for i in micro])):
-                    item.old_logprobs = part
-                    diff = part - torch.tensor(item.rollout_logprobs, device=part.device)
-                    gap_sum += float(diff.sum())
-                    gap_abs_sum += float(diff.abs().sum())
+            # 4. old log-probs by the trainer (no grad): IS ratio / PPO ratio denominator and the log-prob gap
+            gap_sum = gap_abs_sum = 0.0
+            with torch.no_grad():
+                for micro in chunks(items, cfg.optim.micro_batch_size):
+                    h, w, t = response_hidden(model, [i.prompt_ids for i in micro], [i.response_ids for i in micro],
+                                              pad_id, dist.device)
+                    lp = token_logprobs_from_hidden(h, w, t, temperature=temperature, chunk_size=cfg.loss.chunk_size)
+                    for item, part in zip(micro, lp.split([len(i.response_ids) for i in micro])):
+                        item.old_logprobs = part
+                        diff = part - torch.tensor(item.rollout_logprobs, device=part.device)
+                        gap_sum += float(diff.sum())
+                        gap_abs_sum += float(diff.abs().sum())
 
         # 5. updates: one optimizer step per mini-batch of prompts (paper: 256 prompts, mini-batch 128)
         loss_sum, grad_norms, stat_sums, tokens_trained = 0.0, [], {}, 0.0
@@ -234,22 +249,31 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             if tokens_global == 0:
                 continue  # no sample in this mini-batch has a loss (e.g. no successful sibling anywhere)
             optimizer.zero_grad(set_to_none=False)
-            for micro in chunks(mb_items, cfg.optim.micro_batch_size):
-                loss, stats = _micro_loss(cfg, model, teacher, micro, tokens_global, pad_id, dist.device)
-                loss.backward()
+            micros = list(chunks(mb_items, cfg.optim.micro_batch_size))
+            count = engine.micro_batch_count(len(micros))  # every rank runs as many engine passes
+            for k in range(count):
+                with engine.accumulate(sync=k == count - 1):
+                    if k >= len(micros):  # padding: a zero-weighted pass, so the collectives line up
+                        loss, _ = _micro_loss(cfg, model, engine.train_module, teacher, [_dummy_item(pad_id)],
+                                              tokens_global, pad_id, dist.device)
+                        (loss * 0.0).backward()
+                        continue
+                    loss, stats = _micro_loss(cfg, model, engine.train_module, teacher, micros[k], tokens_global,
+                                              pad_id, dist.device)
+                    loss.backward()
                 loss_sum += float(loss.detach())
-                micro_tokens = sum(len(i.response_ids) for i in micro)
-                for k, v in stats.items():
-                    stat_sums[k] = stat_sums.get(k, 0.0) + v * micro_tokens
+                micro_tokens = sum(len(i.response_ids) for i in micros[k])
+                for key, v in stats.items():
+                    stat_sums[key] = stat_sums.get(key, 0.0) + v * micro_tokens
                 tokens_trained += micro_tokens
-            dist.all_reduce_grads(params)
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)))
+            grad_norms.append(clip_grad_norm(params, cfg.optim.grad_clip))
             optimizer.step()
             if teacher is not None:
                 teacher.update(model)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        rollouts.sync_weights(model)
+        with engine.inference():
+            rollouts.sync_weights(model)
         sampler_state = sampler.state_dict()
 
         # 6. metrics (sums over processes, then means)
@@ -262,7 +286,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         # 7. checkpoint
         done = step + 1
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
-            trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            trainer_state = {"optimizer": optimizer_state_dict(model, optimizer), "scheduler": scheduler.state_dict(),
                              "sampler": sampler_state, "teacher": teacher.state_dict() if teacher else {}}
             checkpoint.save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
                                        trainer_state=trainer_state, rank=dist.rank, world_size=dist.world_size,
@@ -309,14 +333,20 @@ def _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, 
     return items
 
 
-def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pad_id: int, device):
+def _dummy_item(pad_id: int) -> Item:
+    """A one-token stand-in for a rank with fewer micro-batches than another (its loss is multiplied by 0)."""
+    return Item([pad_id], [pad_id], [0.0], -1, teacher_prompt_ids=[pad_id], old_logprobs=torch.zeros(1))
+
+
+def _micro_loss(cfg, model, train_module, teacher, micro: list[Item], tokens_global: float, pad_id: int, device):
     """Loss of one micro-batch, already divided by the mini-batch's GLOBAL token count (so sums of
-    micro-batch gradients over micro-batches and processes are the token-mean gradient)."""
+    micro-batch gradients over micro-batches and processes are the token-mean gradient). `model`: the plain
+    model (teacher passes, no grad, never through DDP); `train_module`: the engine's (student passes)."""
     responses = [i.response_ids for i in micro]
-    old = torch.cat([i.old_logprobs for i in micro])
+    old = torch.cat([i.old_logprobs for i in micro]).to(device)
     temperature = cfg.rollout.temperature
     if cfg.algorithm == "grpo":
-        h, w, t = response_hidden(model, [i.prompt_ids for i in micro], responses, pad_id, device)
+        h, w, t = response_hidden(train_module, [i.prompt_ids for i in micro], responses, pad_id, device)
         logp = token_logprobs_from_hidden(h, w, t, temperature=temperature, chunk_size=cfg.loss.chunk_size)
         adv = torch.cat([torch.full((len(i.response_ids),), i.advantage) for i in micro]).to(device)
         return grpo_loss(logp, old, adv, torch.ones_like(logp), clip_low=cfg.loss.clip_low,
@@ -325,7 +355,7 @@ def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pa
     with torch.no_grad(), teacher.weights(model) as teacher_model:
         th, tw, _ = response_hidden(teacher_model, [i.teacher_prompt_ids for i in micro], responses, pad_id, device)
         tw = tw.detach().clone() if teacher.mode == "ema" and teacher.lora else tw.detach()
-    sh, sw, t = response_hidden(model, [i.prompt_ids for i in micro], responses, pad_id, device)
+    sh, sw, t = response_hidden(train_module, [i.prompt_ids for i in micro], responses, pad_id, device)
     return sd_loss_from_hidden(sh, sw, th, tw, t, torch.ones_like(t, dtype=torch.float32), old,
                                alpha=cfg.loss.alpha, top_k=cfg.loss.top_k, is_clip=cfg.loss.is_clip,
                                mode=cfg.loss.kind, temperature=temperature, num_tokens=tokens_global,
@@ -389,11 +419,12 @@ def _progress(start: int, total: int, enabled: bool):
 def save_final(run_dir: Path, model, tokenizer, dist) -> Path:
     """final/: a full HF folder (full FT) or a PEFT adapter folder (LoRA), with the tokenizer; atomic."""
     final = Path(run_dir) / "final"
+    weights = checkpoint.gather_weights(model)  # FSDP: a collective on every rank; rank 0 gets the weights
     if dist.main:
         tmp = Path(run_dir) / ".final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        checkpoint.save_weights(model, tokenizer, tmp)
+        checkpoint.save_weights(model, tokenizer, tmp, state_dict=weights)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -1,13 +1,8 @@
-"""What both training loops need around the model: processes, seeds, optimizer and schedule, the data
-sampler, the metrics log.
+"""What both training loops need around the model: seeds, optimizer and schedule, the data sampler, the
+metrics log.
 
-Multi-process: launched by `torchrun`/`accelerate launch` (RANK / WORLD_SIZE / MASTER_ADDR set), each
-process holds a full replica and trains on its shard of the global batch; after backward, gradients are
-summed across processes with one all-reduce per tensor (the loss of each process is already divided by the
-GLOBAL token count, so the sum is the global token-mean gradient). This is data parallelism with DDP's
-semantics written out in 10 lines; it keeps the loss's hidden-state entry point (which bypasses the
-module's forward) correct. Departure: no FSDP sharding yet: full fine-tuning of models that do not fit one
-device's memory needs it.
+Multi-process (torchrun / accelerate launch): `Dist`, `setup_distributed` and the DDP / FSDP engines live in
+sd_bench.train.distributed; `Dist` and `setup_distributed` are re-exported here for existing imports.
 """
 
 from __future__ import annotations
@@ -17,56 +12,12 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def all_reduce_sum(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
-    def all_reduce_grads(self, params) -> None:
-        """Sum gradients over processes (each loss was divided by the global token count)."""
-        if self.world_size == 1:
-            return
-        for p in params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-
-
-def setup_distributed() -> Dist:
-    """Read RANK / WORLD_SIZE (torchrun, accelerate); gloo on CPU, nccl on GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=rank, world_size=world, device=device)
+from sd_bench.train.distributed import Dist, setup_distributed  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int) -> None:

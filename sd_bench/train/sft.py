@@ -3,7 +3,8 @@
     for step in range(start, max_steps):
         batch <- the sampler's next `run.batch_size` traces
         loss  <- token-mean NLL of the response tokens (prompt tokens are context only), micro-batched
-        backward -> all-reduce grads -> clip -> AdamW step; metrics.jsonl; checkpoint every `save_every`
+        backward (DDP / FSDP sum the gradients over processes) -> clip -> AdamW step; metrics.jsonl;
+        checkpoint every `save_every`
 
 Traces: JSONL, one {"prompt" | "question", "response"} per line; the prompt is rendered with the chat template
 and generation prompt (as at evaluation), the response's ids follow, then EOS so the model learns to stop.
@@ -15,12 +16,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from sd_bench import markers
 from sd_bench.prompts import problem_prompt, render
 from sd_bench.train import checkpoint
 from sd_bench.train.config import TrainConfig
+from sd_bench.train.distributed import (
+    Engine,
+    clip_grad_norm,
+    load_optimizer_state_dict,
+    optimizer_state_dict,
+    resolve_strategy,
+)
 from sd_bench.train.losses import token_logprobs_from_hidden
 from sd_bench.train.model import load_model, resolve_model_path, trainable_parameters
 from sd_bench.train.onpolicy import chunks, response_hidden, save_final
@@ -74,10 +80,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     dist.barrier()
     seed_everything(cfg.run.seed + dist.rank)
     model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
+    engine = Engine(model, dist, resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
+                    cfg.distributed.find_unused_parameters)
     traces = load_traces(Path(cfg.data.name))
     if cfg.data.max_problems is not None:
         traces = traces[: cfg.data.max_problems]
-    params = [p for _, p in trainable_parameters(model)]
+    params = [p for _, p in trainable_parameters(model)]  # FSDP: this rank's shards
     optimizer = build_optimizer(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
     scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps)
     sampler = Sampler(len(traces), cfg.run.seed)
@@ -91,7 +99,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         state = checkpoint.load_checkpoint(latest, model=model, rank=dist.rank)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state_dict(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         start = state["step"]
@@ -108,15 +116,20 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         tokens_global = dist.all_reduce_sum(sum(len(r) for _, r in batch))
         optimizer.zero_grad(set_to_none=False)
         loss_sum = 0.0
-        for micro in chunks(batch, cfg.optim.micro_batch_size):
-            h, w, t = response_hidden(model, [p for p, _ in micro], [r for _, r in micro],
-                                      tokenizer.pad_token_id, dist.device)
-            logp = token_logprobs_from_hidden(h, w, t, chunk_size=cfg.loss.chunk_size)
-            loss = -logp.sum() / tokens_global  # token-mean NLL over the global batch
-            loss.backward()
+        micros = list(chunks(batch, cfg.optim.micro_batch_size))
+        count = engine.micro_batch_count(len(micros))  # equal on every rank (same local batch size)
+        for k in range(count):
+            micro = micros[k] if k < len(micros) else [([tokenizer.pad_token_id], [tokenizer.pad_token_id])]
+            with engine.accumulate(sync=k == count - 1):
+                h, w, t = response_hidden(engine.train_module, [p for p, _ in micro], [r for _, r in micro],
+                                          tokenizer.pad_token_id, dist.device)
+                logp = token_logprobs_from_hidden(h, w, t, chunk_size=cfg.loss.chunk_size)
+                loss = -logp.sum() / tokens_global  # token-mean NLL over the global batch
+                if k >= len(micros):
+                    loss = loss * 0.0  # padding pass: keeps the engine's collectives in step
+                loss.backward()
             loss_sum += float(loss.detach())
-        dist.all_reduce_grads(params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        grad_norm = clip_grad_norm(params, cfg.optim.grad_clip)
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
@@ -139,7 +152,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         progress.set_postfix(loss=f"{record['loss']:.4f}")
         done = step + 1
         if done % cfg.run.save_every == 0 or done == max_steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            state = {"optimizer": optimizer_state_dict(model, optimizer), "scheduler": scheduler.state_dict(),
                      "sampler": sampler.state_dict()}
             checkpoint.save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, trainer_state=state,
                                        rank=dist.rank, world_size=dist.world_size, barrier=dist.barrier,

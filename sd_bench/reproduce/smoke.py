@@ -1,0 +1,409 @@
+"""`sd-bench reproduce --scale smoke`: the paper's tables on the miniature world (issue 5), on a CPU, in minutes.
+
+Why this exists: the smoke scale is the regression baseline CI guards (results/smoke/), so it must run
+sd-bench's REAL pieces end to end, not stand-ins: the trainer (`sd_bench.train.cli`, in-process), the lm-eval
+tasks `sd_toy_id` / `sd_toy_ood` (`lm_eval.simple_evaluate`, HF backend), the metrics and `sd_bench.tables`.
+The toy world (sd_bench/toy/world.py) is built so that the paper's effect appears there: the one-shot "gut"
+sum is mostly wrong and `wait` + a step-by-step re-derivation fixes it, so a teacher that sees the solution
+never hedges and distilling it removes the hedge and the accuracy.
+
+Table 2 at smoke scale (the protocol plan of plan.py, with these stage implementations):
+
+    generate/t2_traces_unguided  base samples plain prompts of toy training problems; keep the correct ones
+    generate/t2_traces_guided    base samples the same problems under the hint prompt with the clean
+                                 solution; keep the correct ones, stored with the PLAIN prompt (D_sg)
+    train/t2_sft_*               `sd-bench train sft` (in-process) on each traces file
+    evaluate/*                   lm-eval sd_toy_id, sd_toy_ood: avg@k, length, E(y), waits
+    render/table2                table2.{json,md,tex} with issue 5's guards as `sd-bench check` rules
+
+Departures from the paper, all forced by the toy world or the CPU budget (each is a constant below):
+- c = s is the problem's clean solution (`Problem.solution`), not the model's own correct response: the
+  toy base only learned hints in that format (world.py), and its own responses carry the gut answer.
+- sampling at temperature 1.0, top_p 1.0 (the toy world's; the paper evaluates at 0.6 / 0.95);
+- SFT: lr 1e-3 (the toy base was pretrained at 1.5e-3; 1e-5 would not move a 0.9M model in 24 steps),
+  batch 32, 3 epochs, full fine-tuning in float32;
+- evaluation on the first EVAL_PROBLEMS problems of each toy set, k = EVAL_K.
+
+Determinism: every stage seeds itself from `--seed` (trace sampling uses its own torch.Generator, lm-eval
+gets the seed for python / numpy / torch, the trainer `run.seed`), and torch runs on SMOKE_THREADS threads,
+so the same seed on the same machine gives the same numbers whichever stages were reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sd_bench.reproduce.plan import (
+    PlanRequest,
+    Stage,
+    StageContext,
+    implement,
+    protocol_plan,
+    register,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOY_BASE_ENV = "SD_BENCH_TOY_BASE"  # another toy base folder (e.g. a fresh `sd-bench toy pretrain`)
+THREADS_ENV = "SD_BENCH_SMOKE_THREADS"
+SMOKE_THREADS = 1  # fixed (not the core count) so the numbers do not depend on the machine's cores
+
+TEMPERATURE, TOP_P = 1.0, 1.0  # the toy world's sampling (issue 5 prototype); paper: 0.6 / 0.95
+MAX_NEW = {"id": 96, "ood": 160}  # longest toy responses: ~45 (n = 4) and ~75 (n = 6) tokens + corrections
+
+# Table 2
+TRACE_CANDIDATES = 768  # toy training problems (n in {3, 4}) sampled once each for D_ug
+KEEP_CORRECT = 256  # correct traces kept per set (paper: 800)
+SFT_OVERRIDES = (  # on top of recipes/sft.yaml + the trainer's smoke preset (see module docstring)
+    "model.dtype=float32",
+    "model.finetune=full",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=2",
+    "optim.micro_batch_size=32",
+    "run.batch_size=32",
+    "run.epochs=3",
+    "run.max_steps=1000",
+    "run.save_every=1000",
+    "run.keep_checkpoints=1",
+    "run.max_seq_len=256",
+)
+EVAL_TASKS = ("sd_toy_id", "sd_toy_ood")
+EVAL_PROBLEMS = 128  # first N problems of each toy eval set (lm-eval `limit`)
+EVAL_K = 4
+EVAL_BATCH = 64  # lm-eval HF batch size (64 was fastest on 1 CPU thread: 512 spends its time in KV-cache cats)
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def toy_base() -> Path:
+    """The toy base folder: $SD_BENCH_TOY_BASE, else the committed sd_bench/toy/base."""
+    from sd_bench.toy import BASE_DIR
+
+    path = Path(os.environ.get(TOY_BASE_ENV) or BASE_DIR)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"toy base model not found in {path} (no config.json); run `sd-bench toy pretrain --output {path}` "
+            f"or point {TOY_BASE_ENV} at a pretrained toy base"
+        )
+    return path.resolve()
+
+
+def model_path(ctx: StageContext, ref: str | None) -> Path:
+    """A plan's model reference -> a folder: the toy base, or a run folder under the output directory."""
+    if ref is None or ref.rstrip("/") in ("sd_bench/toy/base", str(toy_base())):
+        return toy_base()
+    path = ctx.path(ref)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"stage '{ctx.stage.name}': model {ref} has no config.json under {ctx.out_dir}")
+    return path
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get(THREADS_ENV) or SMOKE_THREADS))
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sample_responses(base: Path, user_turns: list[str], seed: int, max_new: int) -> list[str]:
+    """One response per user turn from the toy base, rendered with its chat template, at TEMPERATURE.
+
+    The toy world's batched sampler (sd_bench/toy/experiment.py: KV cache, finished rows dropped) is ~10x
+    faster on CPU than per-prompt `generate`; it draws from its own generator, so the result depends only on
+    `seed` and the inputs.
+    """
+    import torch
+
+    from sd_bench.prompts import render
+    from sd_bench.toy import experiment
+
+    tok = experiment.load_tokenizer(base)
+    model = experiment.load_model(base).eval()
+    gen = torch.Generator().manual_seed(seed)
+    prompts = experiment.encode_prompts(tok, [render(tok, u) for u in user_turns])
+    out: list[str] = []
+    for i in range(0, len(prompts), 256):
+        ids = experiment.sample(model, tok, prompts[i:i + 256], max_new, TEMPERATURE, gen)
+        out += [experiment.decode_response(tok, r) for r in ids]
+    return out
+
+
+# --- Table 2 stages ----------------------------------------------------------------------------------
+
+
+def generate_traces(ctx: StageContext) -> None:
+    """D_ug (plain prompt) or D_sg (hint prompt with the clean solution; stored with the plain prompt).
+
+    Each kept trace: {id, prompt, response, answer, waits, tokens}; `prompt` is the plain user turn the SFT
+    loop renders (sd_bench/train/sft.py). A stats file records how many were sampled and kept.
+    """
+    from sd_bench.answer import grade
+    from sd_bench.markers import epistemic_count
+    from sd_bench.prompts import hint_prompt
+    from sd_bench.toy import world
+
+    _threads()
+    p = ctx.stage.params
+    guided = p["traces"] == "solution_guided"
+    t0 = time.monotonic()
+    if guided:  # the problems of D_ug, so the two sets differ only in how the traces were produced
+        src = _read_jsonl(ctx.path(ctx.stage.inputs[0]))
+        by_q = {q.question: q for q in world.toy_problems("train", p["candidates"], seed=ctx.seed)}
+        problems = [by_q[r["prompt"]] for r in src]
+        turns = [hint_prompt(q.prompt, q.solution) for q in problems]
+        seed = ctx.seed * 1000 + 2
+    else:
+        problems = world.toy_problems("train", p["candidates"], seed=ctx.seed)
+        turns = [q.prompt for q in problems]
+        seed = ctx.seed * 1000 + 1
+    ctx.report(0, len(turns), "sampling")
+    responses = sample_responses(model_path(ctx, ctx.stage.model), turns, seed, p["max_new_tokens"])
+    kept = []
+    for q, r in zip(problems, responses):
+        if grade(q.kind, r, q.answer).correct and len(kept) < p["keep_correct"]:
+            kept.append({"id": q.id, "prompt": q.prompt, "response": r, "answer": q.answer,
+                         "waits": epistemic_count(r)})
+    if not kept:
+        raise RuntimeError(f"no correct {p['traces']} trace among {len(responses)} samples: is the toy base trained?")
+    out = ctx.stage.outputs[0]
+    ctx.write_text(out, _jsonl(kept))
+    ctx.write_json(
+        out.replace(".jsonl", ".stats.json"),
+        {
+            "traces": p["traces"],
+            "sampled": len(responses),
+            "correct": sum(grade(q.kind, r, q.answer).correct for q, r in zip(problems, responses)),
+            "kept": len(kept),
+            "mean_waits": sum(k["waits"] for k in kept) / len(kept),
+            "mean_chars": sum(len(k["response"]) for k in kept) / len(kept),
+            "seed": seed,
+            "temperature": TEMPERATURE,
+            "max_new_tokens": p["max_new_tokens"],
+            "wall_time_s": round(time.monotonic() - t0, 3),
+        },
+    )
+    ctx.report(len(turns), len(turns))
+
+
+def train_sft(ctx: StageContext) -> None:
+    """`sd-bench train sft --scale smoke --output runs/<cond> model.path=<base> data.name=<traces> ...`,
+    in-process through the trainer's CLI, into a temporary folder renamed into place when it finishes."""
+    import argparse
+
+    from sd_bench.train import cli as train_cli
+
+    _threads()
+    p = ctx.stage.params
+    cond = p["condition"]
+    traces = ctx.path(ctx.stage.inputs[-1])
+    args = [
+        f"model.path={model_path(ctx, ctx.stage.model)}",
+        f"data.name={traces}",
+        f"run.seed={ctx.seed}",
+        *SFT_OVERRIDES,
+    ]
+    with ctx.atomic_dir(f"runs/{cond}") as tmp:
+        parser = argparse.ArgumentParser(prog="sd-bench train")
+        train_cli.add_arguments(parser)
+        # options first: argparse matches the positionals (recipe, key=value...) in one go
+        ns = parser.parse_args(["--scale", "smoke", "--output", str(tmp), "sft", *args])
+        rc = train_cli.run(ns)
+        if rc:
+            raise RuntimeError(f"sd-bench train sft --scale smoke {' '.join(args)} exited with {rc}")
+        (tmp / "command.txt").write_text(f"sd-bench train sft --scale smoke --output runs/{cond} " + " ".join(args) + "\n")
+
+
+def _lm_eval_summary(res: dict) -> dict:
+    """The JSON-safe part of simple_evaluate's return that `tables.from_lm_eval` reads."""
+    return {
+        "results": res["results"],
+        "n-samples": res.get("n-samples", {}),
+        "configs": {t: {"repeats": c.get("repeats")} for t, c in res.get("configs", {}).items()},
+        "group_subtasks": res.get("group_subtasks", {}),
+        "config": {"model_args": (res.get("config") or {}).get("model_args")},
+        "versions": res.get("versions", {}),
+        "git_hash": res.get("git_hash"),
+        "date": res.get("date"),
+    }
+
+
+def evaluate(ctx: StageContext) -> None:
+    """lm-eval (HF backend, batched sampling) on the toy tasks; one sd-bench result file per task."""
+    import lm_eval
+
+    from sd_bench import lm_eval_tasks, provenance, tables
+
+    _threads()
+    p = ctx.stage.params
+    path = model_path(ctx, ctx.stage.model)
+    model_args = f"pretrained={path},dtype=float32"
+    tasks = list(p["tasks"])
+    tm = lm_eval_tasks.task_manager(k=p["k"], max_gen_toks=p.get("max_gen_toks"), model_args=model_args,
+                                    include_defaults=False)
+    t0 = time.monotonic()
+    res = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=tm,
+        batch_size=p.get("batch_size", EVAL_BATCH),
+        device="cpu",
+        limit=p.get("limit"),
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=ctx.seed,
+        numpy_random_seed=ctx.seed,
+        torch_random_seed=ctx.seed,
+        fewshot_random_seed=ctx.seed,
+        verbosity="WARNING",
+    )
+    wall = time.monotonic() - t0
+    where = str(Path(ctx.stage.outputs[0]).parent)
+    raw = ctx.write_json(f"{where}/lm_eval_results.json", _lm_eval_summary(res))
+    rows = []
+    for task in tasks:
+        for s in res["samples"].get(task, []):
+            resps = s.get("filtered_resps") or s.get("resps") or []
+            if len(resps) == 1 and isinstance(resps[0], (list, tuple)):
+                resps = resps[0]
+            rows.append({"task": task, "doc_id": s["doc_id"], "id": s["doc"].get("id"),
+                         "answer": s["doc"].get("answer"), "responses": [str(r) for r in resps],
+                         "acc": s.get("acc"), "epistemic_count": s.get("epistemic_count")})
+    sampling = {"temperature": p.get("temperature"), "top_p": p.get("top_p"), "max_gen_toks": p.get("max_gen_toks")}
+    results = {r["task"]: r for r in tables.from_lm_eval(raw, p["condition"], step=p.get("step"))}
+    for out in ctx.stage.outputs:
+        name = Path(out).stem
+        if name == "samples":
+            ctx.write_text(out, _jsonl(rows))
+            continue
+        if name not in results:
+            raise RuntimeError(f"lm-eval returned no results for {name} (got {sorted(results)})")
+        stamped = provenance.stamp(results[name], model=str(ctx.stage.model), data=f"sd_bench.toy/{name}",
+                                   seed=ctx.seed, k=p["k"], sampling=sampling, wall_time_s=wall,
+                                   limit=p.get("limit"))
+        ctx.write_json(out, stamped)
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def _columns(tasks=EVAL_TASKS) -> list:
+    from sd_bench.tables import Column
+
+    cols = []
+    for t in tasks:
+        s = t.removeprefix("sd_toy_").upper()
+        cols += [
+            Column(f"{s.lower()}_acc", f"{s} acc (%)", t, "acc", 100.0, 1),
+            Column(f"{s.lower()}_length", f"{s} length", t, "response_tokens", 1.0, 1),
+            Column(f"{s.lower()}_waits", f"{s} E(y)", t, "epistemic_count", 1.0, 2),
+        ]
+    return cols
+
+
+# issue 5's guards for Table 2, as `sd-bench check` rules on the table itself (lhs OP factor * rhs + offset)
+TABLE2_RULES = [
+    {"name": "SFT on guided traces kills waits (ID)", "op": "<", "factor": 0.2,
+     "lhs": "conditions.t2_sft_guided.metrics.id_waits", "rhs": "conditions.t2_base.metrics.id_waits"},
+    {"name": "SFT on guided traces shortens responses (ID)", "op": "<", "factor": 0.5,
+     "lhs": "conditions.t2_sft_guided.metrics.id_length", "rhs": "conditions.t2_base.metrics.id_length"},
+    {"name": "SFT on guided traces loses OOD accuracy", "op": "<", "offset": -0.1,
+     "lhs": "conditions.t2_sft_guided.metrics.ood_acc", "rhs": "conditions.t2_base.metrics.ood_acc"},
+    {"name": "SFT on unguided traces keeps waits (ID)", "op": ">", "factor": 0.5,
+     "lhs": "conditions.t2_sft_unguided.metrics.id_waits", "rhs": "conditions.t2_base.metrics.id_waits"},
+    {"name": "SFT on unguided traces beats guided OOD", "op": ">",
+     "lhs": "conditions.t2_sft_unguided.metrics.ood_acc", "rhs": "conditions.t2_sft_guided.metrics.ood_acc"},
+]
+
+
+def render_table(number: str, conditions: list[str], rows: list[tuple[str, str]], rules: list[dict],
+                 title: str, columns=None):
+    """Run callable of a smoke `render/tableN` stage: tables.build_table with the toy columns, the guards
+    as rules (so `sd-bench check RESULT --against results/smoke/tableN.json` enforces them)."""
+
+    def run(ctx: StageContext) -> None:
+        from sd_bench import provenance, tables
+
+        results = [r for r in tables.find_results(ctx.path("eval")) if r["condition"] in set(conditions)]
+        if not results:
+            raise tables.ResultFileError(f"{ctx.path('eval')}: no result files for {', '.join(conditions)}")
+        table = tables.build_table(number, results, scale=ctx.scale, columns=columns or _columns(), rows=rows,
+                                   results_root=ctx.out_dir, title=title)
+        if rules:
+            table["rules"] = rules
+        prov = provenance.collect()
+        prov["run"] = {"seed": ctx.seed, "scale": ctx.scale, "toy_base": _base_info()}
+        tables.write_table(table, ctx.out_dir, provenance=prov)
+
+    return run
+
+
+def _base_info() -> dict[str, Any]:
+    """Which toy base produced the numbers (its pretraining provenance, when present)."""
+    base = toy_base()
+    info: dict[str, Any] = {"path": os.path.relpath(base, REPO_ROOT) if base.is_relative_to(REPO_ROOT) else "external"}
+    prov = base / "provenance.json"
+    if prov.is_file():
+        data = json.loads(prov.read_text())
+        info.update({k: data.get(k) for k in ("steps", "seed", "final_loss") if k in data})
+    import hashlib
+
+    weights = base / "model.safetensors"
+    if weights.is_file():
+        info["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return info
+
+
+# --- plans -------------------------------------------------------------------------------------------
+
+
+@register("table2", "smoke")
+def table2_smoke(req: PlanRequest):
+    """The protocol's Table 2 stages with toy-world settings and these implementations."""
+    plan = protocol_plan(req)
+    for st in plan.stages:
+        if st.kind == "generate":
+            st.params.update(keep_correct=KEEP_CORRECT, candidates=TRACE_CANDIDATES, temperature=TEMPERATURE,
+                             top_p=TOP_P, max_new_tokens=MAX_NEW["id"],
+                             traces="solution_guided" if st.name.endswith("guided") and "unguided" not in st.name
+                             else "unguided")
+            st.outputs = st.outputs + (st.outputs[0].replace(".jsonl", ".stats.json"),)
+            st.description = (
+                f"toy: sample {TRACE_CANDIDATES} training problems once "
+                + ("with the hint prompt carrying the clean solution (c = s), stored with the plain prompt"
+                   if st.params["traces"] == "solution_guided" else "with the plain prompt")
+                + f"; keep up to {KEEP_CORRECT} correct"
+            )
+        elif st.kind == "train":
+            st.params["overrides"] = {**st.params.get("overrides", {}),
+                                      **dict(o.split("=", 1) for o in SFT_OVERRIDES)}
+        elif st.kind == "evaluate":
+            st.params.update(k=EVAL_K, limit=EVAL_PROBLEMS, temperature=TEMPERATURE, top_p=TOP_P,
+                             max_gen_toks=None, batch_size=EVAL_BATCH)
+            st.outputs = tuple(o for o in st.outputs) + (str(Path(st.outputs[0]).parent / "lm_eval_results.json"),)
+            st.description = (f"lm-eval {', '.join(st.params['tasks'])} (HF): avg@{EVAL_K} on the first "
+                              f"{EVAL_PROBLEMS} problems, length, E(y), waits")
+        elif st.kind == "render":
+            st.run = render_table(
+                "2",
+                ["t2_base", "t2_sft_unguided", "t2_sft_guided"],
+                [("t2_base", "base"), ("t2_sft_unguided", "SFT on unguided traces"),
+                 ("t2_sft_guided", "SFT on solution-guided traces")],
+                TABLE2_RULES,
+                "SFT on correct traces, toy world (avg@4 in %, length in tokens, E(y) = waits per response)",
+            )
+    plan.notes.append(
+        "smoke: toy world; c = s is the clean solution; T = 1.0; SFT lr 1e-3 x 3 epochs (sd_bench/reproduce/smoke.py)"
+    )
+    return implement(plan, {"generate": generate_traces, "train": train_sft, "evaluate": evaluate})
