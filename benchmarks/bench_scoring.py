@@ -3,15 +3,19 @@
 Why: scoring must stay far below generation cost (a 10k-token response takes seconds to generate).
 Targets (issue 2): median < 5 ms per response, worst case < 5 s, on one core.
 
-Responses are synthesised: thinking text with the paper's markers, inline LaTeX, a `</think>` and a boxed
-answer (half correct, half wrong), 2k-40k characters, against the real gold answers of MATH500 / AIME
-(SD_BENCH_DATA_DIR or the pinned download) when available; plus pathological outputs (100k characters, no
-closing braces, thousands of boxes, sympy-hard LaTeX). Tokens are counted with a byte-level BPE trained here on
-the MATH500 problems and solutions (16k vocabulary, ~0.4 tokens per character, near a real model's tokenizer;
-no Hub access needed), or with the tiny 512-entry BPE of `sd_bench.tiny_model` when the data is unavailable
-(~0.6 tokens per character: slower, so conservative).
+Measured the way lm-eval calls the plugin: `process_results(doc, [[y_1..y_k]])` once per problem with all
+k = 16 responses (one batched token count, one math-verify parse of the gold), reported per response; and,
+for comparison, each response scored alone (k = 1). math-verify's gold cache is cleared before each pass, as
+in a fresh run. Responses are synthesised: thinking text with the paper's markers, inline LaTeX, a `</think>`
+and a boxed answer (half correct, half wrong), 2k-40k characters, against the real gold answers of MATH500 /
+AIME (SD_BENCH_DATA_DIR or the pinned download) when available; plus pathological outputs (100k characters,
+no closing braces, thousands of boxes, sympy-hard LaTeX). Tokens are counted with a byte-level BPE trained
+here on the MATH500 problems and solutions (vocabulary capped at 16k; ~6.8k entries are learned, ~0.4 tokens
+per character, near a real model's tokenizer; no Hub access needed), or with the tiny 512-entry BPE of
+`sd_bench.tiny_model` when the data is unavailable (~0.6 tokens per character: slower, so conservative).
+CPU time of this process, pinned to one core (the machine is shared: wall time is noisy).
 
-    python benchmarks/bench_scoring.py [--n 300] [--seed 0]
+    python benchmarks/bench_scoring.py [--docs 40] [--k 16] [--seed 0]
 """
 
 from __future__ import annotations
@@ -109,9 +113,16 @@ def timed(text: str, gold: str, tokenizer: str, clock=time.process_time) -> floa
     return clock() - t0
 
 
+def summary(label: str, ms: list[float]) -> None:
+    ms = sorted(ms)
+    p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+    print(f"  {label:44s} median {statistics.median(ms):6.2f} ms  p99 {p99:7.2f} ms  max {ms[-1]:8.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--docs", type=int, default=40, help="problems; each gets k responses")
+    parser.add_argument("--k", type=int, default=16, help="responses per problem (paper: 16)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
@@ -121,29 +132,50 @@ def main() -> None:
     gold_list = golds()
     timed(realistic(rng, "1"), "1", tokenizer)  # warm-up: imports, tokenizer load
 
-    pairs = [(g, realistic(rng, g)) for g in (rng.choice(gold_list) for _ in range(args.n))]
-    chars = [len(t) for _, t in pairs]
+    docs = []
+    for _ in range(args.docs):
+        gold = rng.choice(gold_list)
+        docs.append(({"answer": gold, "tokenizer": tokenizer}, [realistic(rng, gold) for _ in range(args.k)]))
+    chars = [len(t) for _, texts in docs for t in texts]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, 1 used; "
-          f"Python {platform.python_version()}; tokenizer: {tok_label}")
-    print(f"realistic: n={len(pairs)}, {min(chars)}-{max(chars)} chars (median {int(statistics.median(chars))})")
-    from sd_bench.lm_eval_tasks import token_counter
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; Python {platform.python_version()}; "
+          f"tokenizer: {tok_label}")
+    print(f"realistic: {args.docs} problems x k={args.k} = {len(chars)} responses, {min(chars)}-{max(chars)} chars "
+          f"(median {int(statistics.median(chars))})")
+    from sd_bench.answer import _parse_gold
+    from sd_bench.lm_eval_tasks import batch_token_counter, process_results
 
-    count = token_counter(tokenizer)
-    # First pass is cold (each gold parsed by math-verify for the first time), as in a real run.
-    for label, fn, clock in (
-        ("full scoring, CPU time (cold caches)", lambda g, t: score_responses([t], g, tokenizer), time.process_time),
-        ("full scoring, wall time", lambda g, t: score_responses([t], g, tokenizer), time.perf_counter),
-        ("  of which token count, CPU time", lambda g, t: count(t), time.process_time),
-        ("scoring without tokens, CPU time", lambda g, t: score_responses([t], g, ""), time.process_time),
-    ):
+    count = batch_token_counter(tokenizer)
+
+    def per_doc(label: str, fn, clock=time.process_time) -> None:
+        """CPU time of fn(doc, responses) per problem, reported per response (divided by k)."""
+        _parse_gold.cache_clear()
         ms = []
-        for gold, text in pairs:
+        for doc, texts in docs:
             t0 = clock()
-            fn(gold, text)
-            ms.append((clock() - t0) * 1000)
-        ms.sort()
-        p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-        print(f"  {label:38s} median {statistics.median(ms):6.2f} ms  p99 {p99:7.2f} ms  max {ms[-1]:8.2f} ms")
+            fn(doc, texts)
+            ms.append((clock() - t0) * 1000 / len(texts))
+        summary(label, ms)
+
+    def per_response(label: str, fn, clock=time.process_time) -> None:
+        _parse_gold.cache_clear()
+        ms = []
+        for doc, texts in docs:
+            for text in texts:
+                t0 = clock()
+                fn(doc, text)
+                ms.append((clock() - t0) * 1000)
+        summary(label, ms)
+
+    print(f"per response, scored in problem batches of k={args.k} (process_results, as lm-eval calls it), CPU:")
+    per_doc("full scoring", lambda d, ts: process_results(d, [ts]))
+    per_doc("  of which token count (one batched call)", lambda d, ts: count(ts))
+    per_doc("scoring without tokens (response_chars)", lambda d, ts: process_results(d | {"tokenizer": ""}, [ts]))
+    per_doc("full scoring, wall time", lambda d, ts: process_results(d, [ts]), time.perf_counter)
+    print("per response, each scored alone (k=1), CPU:")
+    per_response("full scoring", lambda d, t: process_results(d, [[t]]))
+    per_response("  of which token count", lambda d, t: count([t]))
+    per_response("full scoring, wall time", lambda d, t: process_results(d, [[t]]), time.perf_counter)
     print("pathological (one response each; wall time, with tokens):")
     worst = 0.0
     for name, text in PATHOLOGICAL.items():

@@ -1,4 +1,5 @@
-"""The pinned math sets: sizes, checksums, provenance, the offline error, and clear errors on bad files."""
+"""The pinned math sets: sizes, checksums, provenance, the offline error, and clear errors on bad files;
+DAPO-Math-17k (synthetic parquet in the Hub's format: dedupe, prompt rewrite, errors) and the toy sets."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 
 from sd_bench import data
 from sd_bench.data import DataError, load_problems, provenance, read_problems
+from sd_bench.prompts import problem_prompt
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "math").is_dir(), reason="needs ../shared/data")
+needs_shared = pytest.mark.skipif(not (SHARED / "math").is_dir(), reason="needs ../shared/data")
 
 SIZES = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "dapo_seen_1x64": 64, "dapo_seen_8x8": 64,
          "dapo_seen_64": 64, "dapo_seen_128": 128, "dapo_seen_512": 512}
@@ -26,6 +28,7 @@ def _shared(monkeypatch):
     monkeypatch.delenv("SD_BENCH_SKIP_CHECKSUM", raising=False)
 
 
+@needs_shared
 @pytest.mark.parametrize("name", list(SIZES))
 def test_sets_load(name):
     problems = load_problems(name)
@@ -38,6 +41,7 @@ def test_sets_load(name):
         assert all(p.solution for p in problems)
 
 
+@needs_shared
 def test_parsing_of_string_cells():
     """aime25 stores prompt/reward_model/extra_info as JSON strings; aime24 as structs: same result shape."""
     a24, a25 = load_problems("aime24")[0], load_problems("aime25")[0]
@@ -47,6 +51,7 @@ def test_parsing_of_string_cells():
     assert m.answer == "\\left( 3, \\frac{\\pi}{2} \\right)" and m.solution.startswith("We have that")
 
 
+@needs_shared
 def test_provenance_names_commit_and_checksum():
     prov = provenance("math500")
     assert prov["commit"] == "5c51051aaa07513764ab66c631277816bc6520e5"
@@ -54,12 +59,14 @@ def test_provenance_names_commit_and_checksum():
     assert prov["repo"] == "beanie00/self-distillation-analysis"
 
 
+@needs_shared
 def test_unknown_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SD_BENCH_DATA_DIR", str(tmp_path / "nope"))
     with pytest.raises(DataError, match=r"SD_BENCH_DATA_DIR.*\n.*math/evaluation"):
         load_problems("aime24")
 
 
+@needs_shared
 def test_offline_without_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("SD_BENCH_DATA_DIR")
     monkeypatch.setenv("SD_BENCH_CACHE", str(tmp_path / "cache"))
@@ -69,6 +76,7 @@ def test_offline_without_data_dir(monkeypatch, tmp_path):
     assert "SD_BENCH_DATA_DIR" in str(err.value) and "math/section_6_2/seen_" in str(err.value)
 
 
+@needs_shared
 def test_cache_is_used_offline(monkeypatch, tmp_path):
     """A verified file in the cache (as a download leaves it) is used with downloads off."""
     monkeypatch.delenv("SD_BENCH_DATA_DIR")
@@ -87,6 +95,7 @@ def _copy_tree(tmp_path) -> Path:
     return root
 
 
+@needs_shared
 def test_checksum_mismatch(monkeypatch, tmp_path):
     root = _copy_tree(tmp_path)
     target = root / data.SETS["aime24"][0]
@@ -100,6 +109,7 @@ def test_checksum_mismatch(monkeypatch, tmp_path):
     assert provenance("aime24")["verified"] is False
 
 
+@needs_shared
 def test_corrupted_parquet(tmp_path):
     bad = tmp_path / "aime24.parquet"
     bad.write_bytes((SHARED / data.SETS["aime24"][0]).read_bytes()[:500])
@@ -107,6 +117,7 @@ def test_corrupted_parquet(tmp_path):
         read_problems(bad, "aime24")
 
 
+@needs_shared
 def test_missing_column(tmp_path):
     table = pq.read_table(SHARED / data.SETS["amc23"][0]).drop_columns(["reward_model"])
     path = tmp_path / "amc23.parquet"
@@ -129,3 +140,145 @@ def test_bad_cell(tmp_path):
 def test_unknown_set():
     with pytest.raises(DataError, match="unknown set 'aime26'"):
         load_problems("aime26")
+
+
+# ---------------------------------------------------------------- DAPO-Math-17k (synthetic, Hub format)
+
+HEAD = ("Solve the following math problem step by step. The last line of your response should be of the form "
+        "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+TAIL = '\n\nRemember to put your answer on its own line after "Answer:".'
+DAPO_SCHEMA = pa.schema([
+    ("data_source", pa.string()),
+    ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+    ("ability", pa.string()),
+    ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+    ("extra_info", pa.struct([("index", pa.string())])),
+])
+# (uuid, raw problem, answer): the Hub file repeats each problem; "c" is a new UUID with a's text
+A = ("aaaa-1", "Find $x$ if $2x = 6$.", "3")
+B = ("bbbb-2", "What is $\\frac{1}{2} + \\frac{1}{3}$?\nGive a fraction.", "\\frac{5}{6}")
+C = ("cccc-3", A[1], "3")
+D = ("dddd-4", "  How many primes are below 10?  ", "4")
+ROWS = [A, B, A, C, B, D, A]  # unique by UUID: rows 0, 1, 3, 5; by text: rows 0, 1, 5
+
+
+def _dapo_parquet(path: Path, rows, prompt=lambda q: HEAD + q + TAIL) -> Path:
+    records = [{"data_source": "math_dapo", "prompt": [{"content": prompt(q), "role": "user"}], "ability": "MATH",
+                "reward_model": {"ground_truth": a, "style": "rule-lighteval/MATH_v2"}, "extra_info": {"index": u}}
+               for u, q, a in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records, schema=DAPO_SCHEMA), path)
+    return path
+
+
+def _check_dapo(problems):
+    assert [p.id for p in problems] == ["dapo_math_17k/aaaa-1", "dapo_math_17k/bbbb-2", "dapo_math_17k/dddd-4"]
+    assert [p.extra["row"] for p in problems] == [0, 1, 5]
+    assert [p.question for p in problems] == [A[1], B[1], D[1]]  # the raw problem, unchanged
+    assert [p.answer for p in problems] == [A[2], B[2], D[2]]
+    assert problems[1].prompt == B[1] + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert all(p.prompt == problem_prompt(p.question) and p.kind == "math" and "Answer:" not in p.prompt
+               for p in problems)
+
+
+def test_dapo_from_data_dir(monkeypatch, tmp_path):
+    """$SD_BENCH_DATA_DIR/math/dapo_math_17k/ holding a clone of the Hub repo (data/dapo-math-17k.parquet)."""
+    file = _dapo_parquet(tmp_path / "math" / "dapo_math_17k" / "data" / "dapo-math-17k.parquet", ROWS)
+    monkeypatch.setenv("SD_BENCH_DATA_DIR", str(tmp_path))
+    _check_dapo(load_problems("dapo_math_17k"))
+    prov = provenance("dapo_math_17k")
+    assert prov["files"] == [{"file": str(file), "sha256": data.sha256(file)}]
+    assert (prov["rows"], prov["unique_index"], prov["unique_problems"]) == (7, 4, 3)
+    assert prov["sha256"] == data.problems_sha256(load_problems("dapo_math_17k")) and prov["commit"] is None
+
+
+def test_dapo_from_local_path(tmp_path):
+    """A parquet file in DAPO's format given as the set name (data.name=PATH) is detected and rewritten."""
+    file = _dapo_parquet(tmp_path / "dapo.parquet", ROWS)
+    _check_dapo(load_problems(str(file)))
+    _check_dapo(load_problems(str(tmp_path)))  # a folder of parquet files
+    assert provenance(str(file))["set"] == "dapo_math_17k"
+
+
+def test_dapo_string_extra_info(tmp_path):
+    """extra_info as JSON strings (no vectorised UUID dedupe): the text dedupe still leaves 3 problems."""
+    path = _dapo_parquet(tmp_path / "x.parquet", ROWS)
+    table = pq.read_table(path)
+    table = table.set_column(4, "extra_info", pa.array([f'{{"index": "{u}"}}' for u, _, _ in ROWS]))
+    pq.write_table(table, path)
+    assert [p.id for p in load_problems(str(path))] == ["dapo_math_17k/aaaa-1", "dapo_math_17k/bbbb-2",
+                                                         "dapo_math_17k/dddd-4"]
+
+
+def test_dapo_row_not_matching_template(monkeypatch, tmp_path):
+    rows = [A, B, ("eeee-5", "Compute $1+1$.", "2")]
+    _dapo_parquet(tmp_path / "math" / "dapo_math_17k" / "train.parquet", rows,
+                  prompt=lambda q: HEAD + q + TAIL if q != "Compute $1+1$." else HEAD + q + "\n\nAnswer:")
+    monkeypatch.setenv("SD_BENCH_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"train.parquet: row 2, column 'prompt': not DAPO's prompt template"):
+        load_problems("dapo_math_17k")
+
+
+def test_dapo_missing_column(monkeypatch, tmp_path):
+    path = _dapo_parquet(tmp_path / "math" / "dapo_math_17k" / "train.parquet", ROWS)
+    pq.write_table(pq.read_table(path).drop_columns(["reward_model"]), path)
+    monkeypatch.setenv("SD_BENCH_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"train.parquet: missing column 'reward_model'"):
+        load_problems("dapo_math_17k")
+
+
+def test_dapo_offline_error(monkeypatch, tmp_path):
+    """No local copy, downloads off, empty datasets cache: one error naming the variable and the folder."""
+    monkeypatch.setenv("SD_BENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(DataError) as err:
+        load_problems("dapo_math_17k")
+    msg = str(err.value)
+    assert "BytedTsinghua-SIA/DAPO-Math-17k" in msg and "revision='main'" in msg
+    assert "$SD_BENCH_DATA_DIR/math/dapo_math_17k/" in msg and str(tmp_path / "data") in msg
+
+
+def test_commit_from_cache_files():
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    files = [{"filename": f"/c/BytedTsinghua-SIA___dapo-math-17k/default/0.0.0/{sha}/dapo-math-17k-train.arrow"}]
+    assert data.commit_from_cache_files(files) == sha
+    assert data.commit_from_cache_files([{"filename": "/c/x/default/0.0.0/abc/x.arrow"}]) is None
+
+
+# ---------------------------------------------------------------- the miniature world's sets
+
+def test_toy_sets():
+    from sd_bench.toy import world
+
+    sizes = {"toy_id": 256, "toy_ood": 256, "toy_train_1": 1, "toy_train_8": 8, "toy_train_64": 64,
+             "toy_train_broad": world.BROAD_SIZE}
+    assert set(sizes) == set(data.TOY_SETS)
+    for name, size in sizes.items():
+        problems = load_problems(name)
+        assert len(problems) == size and all(p.kind == "toy" for p in problems), name
+    assert load_problems("toy_id") == world.toy_problems("id")
+    assert load_problems("toy_train_8") == world.coverage_set(8)
+    held_out = {p.question for p in load_problems("toy_id")}
+    assert not held_out & {p.question for p in load_problems("toy_train_broad")}
+    prov = provenance("toy_ood")
+    assert prov["sha256"] == provenance("toy_ood")["sha256"] == data.problems_sha256(world.toy_problems("ood"))
+    assert prov["seed"] == world.EVAL_SEED and prov["n"] == 256
+    assert provenance("toy_train_8")["sha256"] != provenance("toy_train_64")["sha256"]
+
+
+def test_dapo_through_datasets_load_dataset(monkeypatch, tmp_path):
+    """The Hub code path with the real `datasets.load_dataset`, pointed at a local folder in the Hub's layout
+    (no network here); a local folder has no commit, so provenance records none."""
+    _dapo_parquet(tmp_path / "hub" / "data" / "dapo-math-17k.parquet", ROWS)
+    monkeypatch.setattr(data, "DAPO_HUB_REPO", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("SD_BENCH_DATA_DIR")
+    _check_dapo(load_problems("dapo_math_17k"))
+    prov = provenance("dapo_math_17k")
+    assert prov["revision"] == "main" and prov["commit"] is None and prov["unique_problems"] == 3
+    # a pinned commit that the loaded copy does not carry is refused, never silently replaced
+    monkeypatch.setenv("SD_BENCH_DAPO_REVISION", "0123456789abcdef0123456789abcdef01234567")
+    with pytest.raises(DataError, match="asked for commit 0123456789ab.* but datasets returned None"):
+        load_problems("dapo_math_17k")

@@ -217,3 +217,27 @@ def test_scoring_path_does_not_import_torch(tiny_qwen3):
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_batched_token_counts_are_exact(tiny_qwen3, tmp_path):
+    """All k responses are counted in one batch: each count equals the single-text count, even for a
+    tokenizer.json saved with padding and truncation switched on (which would pad a batch to its longest)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    fast = Tokenizer.from_file(str(tiny_qwen3 / "tokenizer.json"))
+    fast.enable_padding(pad_id=0, pad_token="<|endoftext|>")
+    fast.enable_truncation(max_length=8)
+    fast.save(str(tmp_path / "tokenizer.json"))
+    texts = ["Wait. \\boxed{5}", "Hmm, maybe check it again: 2 + 3 = 5, so \\boxed{5}." * 3, "", "x"]
+    exact = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert max(exact) > 8 and len(set(exact)) == 4
+    assert lm_eval_tasks.batch_token_counter(str(tmp_path))(texts) == exact
+    assert lm_eval_tasks.token_counter(str(tmp_path))(texts[1]) == exact[1]
+    m = lm_eval_tasks.process_results({"answer": "5", "tokenizer": str(tmp_path)}, [texts])
+    assert m["response_tokens"] == pytest.approx(sum(exact) / 4)
+    e = [1, 3 * 3, 0, 0]  # wait; hmm + maybe + check, three times
+    assert m["epistemic_count"] == pytest.approx(sum(e) / 4)
+    assert m["epistemic_per_1k_tokens"] == pytest.approx(sum(1000 * x / max(n, 1) for x, n in zip(e, exact)) / 4)
+    assert m["acc"] == pytest.approx(0.5)

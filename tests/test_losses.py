@@ -296,3 +296,18 @@ def test_bf16_chunked_path_tracks_fp32():
         out[torch.bfloat16][1].flatten(), out[torch.float32][1].flatten(), 0
     )
     assert cos > 0.99
+
+
+def test_bench_loss_script_runs_and_agrees_at_small_size():
+    """benchmarks/bench_loss.py end to end (two fresh worker processes) at a toy size: the JSON contract."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loss.py"
+    cmd = [sys.executable, str(script), "--json", "--tokens", "48", "--hidden", "16", "--vocab", "700"]
+    out = subprocess.run(cmd + ["--chunk", "16"], check=True, capture_output=True, text=True, timeout=120)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"ours_peak_mib", "naive_peak_mib", "max_abs_diff", "ours_s", "naive_s"} <= summary.keys()
+    assert summary["max_abs_diff"] < 1e-4

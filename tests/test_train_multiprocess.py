@@ -1,9 +1,12 @@
-"""Data parallel: 2 CPU processes (torchrun, gloo) end with the same weights as 1 process, same global batch."""
+"""Data parallel with torch's engines: 2 CPU processes (torchrun, gloo) end with the same weights as 1 process
+on the same global batch. LoRA under DDP; full fine-tuning under FSDP2 (with a sharded EMA teacher, uneven
+micro-batch counts per rank, and a resume in the middle, still 2 processes)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,29 +18,80 @@ torch = pytest.importorskip("torch")
 from sd_bench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["train", "sdpo", "--scale", "smoke", "rollout.prompts_per_step=4", "optim.mini_batch_size=2",
-        "optim.lr=1e-3"]
+# 4 prompts per step in 2 mini-batches: each rank holds 1 prompt (4 rollouts) of each mini-batch
+BATCH = ["--scale", "smoke", "rollout.prompts_per_step=4", "optim.mini_batch_size=2", "optim.lr=1e-3"]
+LORA = ["train", "sdpo", *BATCH, "model.finetune=lora"]
+# EMA teacher (a sharded copy under FSDP) and 1 sequence per micro-batch: the ranks keep different numbers of
+# samples (no successful sibling -> no loss), so they run different numbers of real micro-batches
+FULL = ["train", "sdpo_ema", *BATCH, "optim.micro_batch_size=1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), "-m", "sd_bench.cli", *args, "--output", str(out)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-4000:]
+    return out + err
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    assert out, folder
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_match(one: Path, two: Path, base: dict | None):
+    w1, w2 = _weights(one / "final"), _weights(two / "final")
+    assert w1.keys() == w2.keys()
+    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    moved = max((w1[k] - base[k]).abs().max().item() for k in w1) if base else max(
+        w1[k].abs().max().item() for k in w1 if "lora_B" in k)  # LoRA B starts at 0
+    assert moved > 1e-4 and diff < 1e-5, (moved, diff)
+    m1, m2 = _metrics(one), _metrics(two)
+    assert [r["step"] for r in m1] == [r["step"] for r in m2]
+    assert [r["score"] for r in m1] == [r["score"] for r in m2]  # same rollouts
+    assert [r["samples_with_loss"] for r in m1] == [r["samples_with_loss"] for r in m2]
+    assert all(abs(a["loss"] - b["loss"]) < 1e-6 for a, b in zip(m1, m2))
+    assert all(abs(a["grad_norm"] - b["grad_norm"]) < 1e-5 for a, b in zip(m1, m2))
 
 
 def test_two_processes_match_one(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
-           "-m", "sd_bench.cli", *ARGS, "--output", str(tmp_path / "two")]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    """(a) LoRA under DDP; (b) full FT under FSDP, stopped after step 1 and resumed to step 2 by 2 processes,
+    equals an uninterrupted 1-process run. The two 2-process jobs that do not depend on each other run at once."""
+    lora = _torchrun(LORA, tmp_path / "lora2")
+    full = _torchrun([*FULL, "--max-steps", "1"], tmp_path / "full2")
     torch.set_num_threads(1)
-    assert main([*ARGS, "--output", str(tmp_path / "one")]) == 0
+    assert main([*LORA, "--output", str(tmp_path / "lora1")]) == 0
+    assert main([*FULL, "--max-steps", "2", "--output", str(tmp_path / "full1")]) == 0
+    assert "data parallel: ddp over 2 processes (gloo)" in _finish(lora)
+    assert "data parallel: fsdp over 2 processes (gloo)" in _finish(full)
+    assert not (tmp_path / "full2" / "checkpoint-2").exists()
 
-    from safetensors.torch import load_file
+    resumed = _finish(_torchrun([*FULL, "--max-steps", "2", "--resume"], tmp_path / "full2"))
+    assert "resuming from" in resumed and "checkpoint-1" in resumed
 
-    one = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
-    base = load_file(str(tmp_path / "one" / "tiny-model" / "model.safetensors"))
-    moved = max((one[k] - base[k]).abs().max().item() for k in one)
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert moved > 1e-4 and diff < 1e-5, (moved, diff)
-    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["score"] for r in m1] == [r["score"] for r in m2]
-    assert [r["samples_with_loss"] for r in m1] == [r["samples_with_loss"] for r in m2]
-    assert all(abs(a["loss"] - b["loss"]) < 1e-6 for a, b in zip(m1, m2))
+    _assert_match(tmp_path / "lora1", tmp_path / "lora2", None)
+    base = _weights(tmp_path / "full1" / "tiny-model")
+    _assert_match(tmp_path / "full1", tmp_path / "full2", base)
+    # final/ of the FSDP run is a plain HF folder (gathered on rank 0), with the real architecture name
+    config = json.loads((tmp_path / "full2" / "final" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"]

@@ -104,8 +104,12 @@ def test_merged_lora_weights_equal_peft_merge_and_unload(tiny):
     from sd_bench.train.rollout_vllm import merged_lora_weights
 
     path, _, _ = tiny
-    model = get_peft_model(_load(path), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], modules_to_save=["lm_head"]
+    )
+    model = get_peft_model(_load(path), config)
     _perturb([p for n, p in model.named_parameters() if "lora_B" in n], scale=0.3)
+    _perturb([p for n, p in model.named_parameters() if "modules_to_save" in n], seed=3)  # a trained copy
     ours = dict(merged_lora_weights(model))
     reference = copy.deepcopy(model).merge_and_unload().state_dict()
     assert sorted(ours) == sorted(reference)
@@ -114,6 +118,7 @@ def test_merged_lora_weights_equal_peft_merge_and_unload(tiny):
     base = dict(merged_lora_weights(model, include_delta=False))
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(base[q], ours[q])  # the delta is really there
+    assert not torch.allclose(ours["lm_head.weight"], _load(path).lm_head.weight)  # the trained copy is used
     # the trainer's weights were not touched
     assert torch.equal(model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight, base[q])
 

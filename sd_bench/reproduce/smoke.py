@@ -116,8 +116,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def sample_responses(base: Path, user_turns: list[str], seed: int, max_new: int) -> list[str]:
-    """One response per user turn from the toy base, rendered with its chat template, at TEMPERATURE.
+def sample_responses(base: Path, user_turns: list[str], seed: int, max_new: int) -> list[tuple[str, int]]:
+    """(text, tokens) of one response per user turn from the toy base, rendered with its chat template,
+    sampled at TEMPERATURE; tokens = response length without EOS (the paper's length: no special tokens).
 
     The toy world's batched sampler (sd_bench/toy/experiment.py: KV cache, finished rows dropped) is ~10x
     faster on CPU than per-prompt `generate`; it draws from its own generator, so the result depends only on
@@ -132,10 +133,10 @@ def sample_responses(base: Path, user_turns: list[str], seed: int, max_new: int)
     model = experiment.load_model(base).eval()
     gen = torch.Generator().manual_seed(seed)
     prompts = experiment.encode_prompts(tok, [render(tok, u) for u in user_turns])
-    out: list[str] = []
+    out: list[tuple[str, int]] = []
     for i in range(0, len(prompts), 256):
         ids = experiment.sample(model, tok, prompts[i:i + 256], max_new, TEMPERATURE, gen)
-        out += [experiment.decode_response(tok, r) for r in ids]
+        out += [(experiment.decode_response(tok, r), experiment.response_length(tok, r)) for r in ids]
     return out
 
 
@@ -168,7 +169,8 @@ def generate_traces(ctx: StageContext) -> None:
         turns = [q.prompt for q in problems]
         seed = ctx.seed * 1000 + 1
     ctx.report(0, len(turns), "sampling")
-    responses = sample_responses(model_path(ctx, ctx.stage.model), turns, seed, p["max_new_tokens"])
+    responses = [text for text, _ in sample_responses(model_path(ctx, ctx.stage.model), turns, seed,
+                                                        p["max_new_tokens"])]
     kept = []
     for q, r in zip(problems, responses):
         if grade(q.kind, r, q.answer).correct and len(kept) < p["keep_correct"]:
@@ -286,6 +288,8 @@ def evaluate(ctx: StageContext) -> None:
         name = Path(out).stem
         if name == "samples":
             ctx.write_text(out, _jsonl(rows))
+            continue
+        if name == "lm_eval_results":
             continue
         if name not in results:
             raise RuntimeError(f"lm-eval returned no results for {name} (got {sorted(results)})")
@@ -407,3 +411,142 @@ def table2_smoke(req: PlanRequest):
         "smoke: toy world; c = s is the clean solution; T = 1.0; SFT lr 1e-3 x 3 epochs (sd_bench/reproduce/smoke.py)"
     )
     return implement(plan, {"generate": generate_traces, "train": train_sft, "evaluate": evaluate})
+
+
+# --- Table 1: context richness (the base generating under each teacher context) ----------------------
+
+T1_CANDIDATES = 128  # toy training problems sampled T1_K times each to find the probe set
+T1_PROBLEMS = 32  # kept: solve rate in [1/8, 4/8] at T1_K samples (paper: 100 DAPO problems)
+T1_K = 8  # paper: 8 samples per problem, for the filter and under each context
+T1_CONTEXTS = {  # condition -> (label, user turn); PAPER.md "Hint prompt (Table 1 probe)"
+    "t1_none": "unguided (c = none)",
+    "t1_answer": "c = answer",
+    "t1_solution": "c = s (clean solution)",
+}
+
+
+def _t1_turn(condition: str, problem) -> str:
+    from sd_bench.prompts import hint_prompt
+
+    if condition == "t1_none":
+        return problem.prompt
+    if condition == "t1_answer":
+        return hint_prompt(problem.prompt, problem.answer)
+    return hint_prompt(problem.prompt, problem.solution)
+
+
+def t1_select(ctx: StageContext) -> None:
+    """Sample T1_K plain responses per candidate; keep problems with solve rate in [1/8, 4/8] (paper Table 1)."""
+    from sd_bench.answer import grade
+    from sd_bench.toy import world
+
+    _threads()
+    p = ctx.stage.params
+    cands = world.toy_problems("train", p["candidates"], seed=ctx.seed)
+    turns = [q.prompt for q in cands for _ in range(p["k"])]
+    resp = sample_responses(model_path(ctx, ctx.stage.model), turns, ctx.seed * 1000 + 11, MAX_NEW["id"])
+    kept = []
+    lo, hi = p["solve_rate"]
+    for i, q in enumerate(cands):
+        rate = sum(grade(q.kind, t, q.answer).correct for t, _ in resp[i * p["k"]:(i + 1) * p["k"]]) / p["k"]
+        if lo <= rate <= hi and len(kept) < p["problems"]:
+            kept.append({"id": q.id, "question": q.question, "prompt": q.prompt, "answer": q.answer,
+                         "solution": q.solution, "kind": q.kind, "solve_rate": rate})
+    if not kept:
+        raise RuntimeError(f"no toy problem with solve rate in [{lo}, {hi}] among {len(cands)}: is the base trained?")
+    ctx.write_text(ctx.stage.outputs[0], _jsonl(kept))
+
+
+def t1_generate(ctx: StageContext) -> None:
+    """T1_K responses per selected problem under one context: {id, context, response, tokens, correct, waits}."""
+    from sd_bench.answer import grade
+    from sd_bench.markers import epistemic_count
+    from sd_bench.problems import Problem
+
+    _threads()
+    p = ctx.stage.params
+    cond = p["condition"]
+    probs = [Problem(id=r["id"], question=r["question"], prompt=r["prompt"], answer=r["answer"],
+                     solution=r["solution"], kind=r["kind"], source="sd_bench.toy/train")
+             for r in _read_jsonl(ctx.path(ctx.stage.inputs[0]))]
+    turns = [_t1_turn(cond, q) for q in probs for _ in range(p["k"])]
+    seed = ctx.seed * 1000 + 20 + list(T1_CONTEXTS).index(cond)
+    resp = sample_responses(model_path(ctx, ctx.stage.model), turns, seed, MAX_NEW["id"])
+    rows = []
+    for i, (text, n) in enumerate(resp):
+        q = probs[i // p["k"]]
+        rows.append({"id": q.id, "context": cond, "response": text, "tokens": n,
+                     "correct": grade(q.kind, text, q.answer).correct, "waits": epistemic_count(text)})
+    ctx.write_text(ctx.stage.outputs[0], _jsonl(rows))
+
+
+def t1_evaluate(ctx: StageContext) -> None:
+    """Score, length (tokens) and E(y) per context -> eval/<cond>/toy_probe.json (sd-bench result files)."""
+    from sd_bench import provenance, tables
+    from sd_bench.markers import MARKERS, marker_counts
+
+    for src, out in zip(ctx.stage.inputs, ctx.stage.outputs):
+        rows = _read_jsonl(ctx.path(src))
+        cond = rows[0]["context"]
+        n = len(rows)
+        metrics = {
+            "acc": sum(r["correct"] for r in rows) / n,
+            "response_tokens": sum(r["tokens"] for r in rows) / n,
+            "epistemic_count": sum(r["waits"] for r in rows) / n,
+        }
+        counts = [marker_counts(r["response"]) for r in rows]
+        metrics.update({f"marker_{m}": sum(c[m] for c in counts) / n for m in MARKERS})
+        result = tables.make_result(cond, "toy_probe", metrics, n_problems=len({r["id"] for r in rows}),
+                                    k=T1_K, provenance={"samples": src})
+        ctx.write_json(out, provenance.stamp(result, model="sd_bench/toy/base", data="sd_bench.toy/train",
+                                             seed=ctx.seed, k=T1_K,
+                                             sampling={"temperature": TEMPERATURE, "top_p": TOP_P}))
+
+
+TABLE1_RULES = [
+    {"name": "c = s removes waits", "op": "<", "factor": 0.2,
+     "lhs": "conditions.t1_solution.metrics.toy_epistemic", "rhs": "conditions.t1_none.metrics.toy_epistemic"},
+    {"name": "c = s shortens responses", "op": "<", "factor": 0.5,
+     "lhs": "conditions.t1_solution.metrics.toy_length", "rhs": "conditions.t1_none.metrics.toy_length"},
+    {"name": "c = s solves more", "op": ">", "offset": 0.3,
+     "lhs": "conditions.t1_solution.metrics.toy_score", "rhs": "conditions.t1_none.metrics.toy_score"},
+    {"name": "c = answer: waits between c = s and none (upper)", "op": "<",
+     "lhs": "conditions.t1_answer.metrics.toy_epistemic", "rhs": "conditions.t1_none.metrics.toy_epistemic"},
+    {"name": "c = answer: waits between c = s and none (lower)", "op": ">",
+     "lhs": "conditions.t1_answer.metrics.toy_epistemic", "rhs": "conditions.t1_solution.metrics.toy_epistemic"},
+]
+
+
+@register("table1", "smoke")
+def table1_smoke(req: PlanRequest) -> list[Stage]:
+    """Table 1 on the toy world: contexts none / answer / solution (the toy base has no <think>, so the
+    paper's c = s\\think row has no toy counterpart; c = answer is the lowest rung instead)."""
+    from sd_bench.tables import Column
+
+    base = "sd_bench/toy/base"
+    stages = [Stage(
+        "generate/t1_select", "generate",
+        f"sample {T1_K} plain responses for {T1_CANDIDATES} toy training problems; keep up to {T1_PROBLEMS} "
+        "with solve rate in [1/8, 4/8]",
+        inputs=(base,), outputs=("probe/selection.jsonl",), model=base, est_seconds=8.0, run=t1_select,
+        params={"k": T1_K, "candidates": T1_CANDIDATES, "problems": T1_PROBLEMS, "solve_rate": [1 / 8, 4 / 8]})]
+    for cond, label in T1_CONTEXTS.items():
+        stages.append(Stage(
+            f"generate/{cond}", "generate", f"{T1_K} samples per selected problem, context: {label}",
+            inputs=("probe/selection.jsonl",), outputs=(f"probe/{cond}.jsonl",), model=base, est_seconds=2.0,
+            run=t1_generate, params={"condition": cond, "k": T1_K, "temperature": TEMPERATURE}))
+    stages.append(Stage(
+        "evaluate/t1", "evaluate", "grade (toy checker), length (tokens), E(y) per context",
+        inputs=tuple(f"probe/{c}.jsonl" for c in T1_CONTEXTS),
+        outputs=tuple(f"eval/{c}/toy_probe.json" for c in T1_CONTEXTS), est_seconds=1.0, run=t1_evaluate))
+    cols = [Column("toy_score", "score", "toy_probe", "acc", 1.0, 2),
+            Column("toy_length", "length (tokens)", "toy_probe", "response_tokens", 1.0, 1),
+            Column("toy_epistemic", "E(y)", "toy_probe", "epistemic_count", 1.0, 2)]
+    stages.append(Stage(
+        "render/table1", "render", "Table 1 (toy): ours; the paper's table beside it",
+        inputs=tuple(f"eval/{c}/toy_probe.json" for c in T1_CONTEXTS),
+        outputs=("table1.json", "table1.md", "table1.tex"), est_seconds=1.0,
+        run=render_table("1", list(T1_CONTEXTS), list(T1_CONTEXTS.items()), TABLE1_RULES,
+                         "Context richness, toy world (toy training problems with solve rate in [1/8, 4/8]; "
+                         f"{T1_K} samples each)", columns=cols)))
+    return stages

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=str(BASE_DIR), help="experiment: the base model folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="experiment: seeds")
     parser.add_argument("--runs", nargs="+", default=None,
-                        help="experiment: subset of sd_solution sd_answer sd_none grpo (default: all)")
-    parser.add_argument("--no-coverage", action="store_true", help="experiment: skip the |D| = 8 runs")
+                        help="experiment: subset of base sd_solution sd_answer sd_none grpo sd_solution_D8 "
+                             "grpo_D8 (default: all)")
     parser.add_argument("--out", default=None, help="experiment: write the result JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 

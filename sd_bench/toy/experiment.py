@@ -281,51 +281,67 @@ def eval_both(model, tok, seed: int) -> dict:
     }
 
 
-def run_experiment(base_dir=BASE_DIR, steps: int = 60, seeds=(0,), runs=None, coverage: bool = True,
-                   log=print) -> dict:
-    """Base vs SD (each context) vs GRPO on broad coverage, and SD vs GRPO on |D| = 8; per seed."""
+ALL_RUNS = ("base", *RUNS, "sd_solution_D8", "grpo_D8")
+
+
+def run_experiment(base_dir=BASE_DIR, steps: int = 60, seeds=(0,), runs=None, log=print) -> dict:
+    """Base vs SD (each context) vs GRPO on broad coverage, and SD vs GRPO on |D| = 8; per seed.
+
+    `runs` picks from ALL_RUNS (default: all), so the runs can be split over processes and the result
+    files merged (`merge_results`). Every run starts from the base; evaluation seeds depend only on the
+    seed, so the same base evaluation is reproduced in any process.
+    """
     import torch
 
     tok = load_tokenizer(base_dir)
-    runs = list(RUNS) if runs is None else runs
-    result = {"base_dir": str(base_dir), "steps": steps, "seeds": list(seeds), "rows": []}
+    runs = list(ALL_RUNS) if runs is None else list(runs)
+    unknown = [r for r in runs if r not in ALL_RUNS]
+    if unknown:
+        raise ValueError(f"unknown run {unknown[0]!r}: choose from {', '.join(ALL_RUNS)}")
+    result = {"base_dir": str(base_dir), "steps": steps, "seeds": list(seeds), "rows": [],
+              "settings": {"lr": LR, "rollouts": PROMPTS_PER_STEP * ROLLOUTS_PER_PROMPT,
+                           "temperature": TEMPERATURE, "eval_samples": EVAL_SAMPLES,
+                           "threads": torch.get_num_threads()}}
     t0 = time.time()
-    base = load_model(base_dir).eval()
     eight = world.coverage_set(8, seed=0)
     for seed in seeds:
-        torch.manual_seed(seed)
-        t = time.time()
-        row = {"run": "base", "seed": seed, **eval_both(base, tok, 1000 * seed)}
-        row["train8"] = evaluate(base, tok, eight, MAX_NEW_ID, 1000 * seed + 2, samples=16).__dict__
-        row["eval_s"] = round(time.time() - t, 1)
-        result["rows"].append(row)
-        log(f"seed {seed} base: {_fmt(row)}")
         broad = world.coverage_set("broad", seed=seed)
         for name in runs:
-            method, context = RUNS[name]
             t = time.time()
-            model, records = post_train(base_dir, method, context, broad, steps, seed, log=log)
-            train_s = time.time() - t
-            row = {"run": name, "seed": seed, "train_s": round(train_s, 1), **eval_both(model, tok, 1000 * seed),
-                   "curve": records}
+            row = {"run": name, "seed": seed}
+            if name == "base":
+                model = load_model(base_dir).eval()
+            else:
+                method, context = RUNS[name.removesuffix("_D8")]
+                train_set = eight if name.endswith("_D8") else broad
+                model, row["curve"] = post_train(base_dir, method, context, train_set, steps, seed, log=log)
+                row["train_s"] = round(time.time() - t, 1)
+            row.update(eval_both(model, tok, 1000 * seed))
+            row["train8"] = evaluate(model, tok, eight, MAX_NEW_ID, 1000 * seed + 2, samples=16).__dict__
+            row["wall_s"] = round(time.time() - t, 1)
             result["rows"].append(row)
-            log(f"seed {seed} {name}: {_fmt(row)} (train {train_s:.0f}s)")
-        if coverage:
-            for name in ("sd_solution", "grpo"):
-                method, context = RUNS[name]
-                model, records = post_train(base_dir, method, context, eight, steps, seed, log=log)
-                row = {"run": f"{name}_D8", "seed": seed, **eval_both(model, tok, 1000 * seed),
-                       "train8": evaluate(model, tok, eight, MAX_NEW_ID, 1000 * seed + 2, samples=16).__dict__}
-                result["rows"].append(row)
-                log(f"seed {seed} {name} |D|=8: {_fmt(row)} train8 acc {row['train8']['acc']:.2f}")
+            log(f"seed {seed} {name}: {_fmt(row)} train8 {row['train8']['acc']:.3f} ({row['wall_s']:.0f}s)")
     result["wall_s"] = round(time.time() - t0, 1)
     return result
 
 
+def merge_results(paths) -> dict:
+    """Concatenate the rows of several result files (runs split over processes)."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(results[0])
+    merged["rows"] = [row for r in results for row in r["rows"]]
+    merged["seeds"] = sorted({row["seed"] for row in merged["rows"]})
+    return merged
+
+
 def _fmt(row) -> str:
     i, o = row["id"], row["ood"]
+
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
     return (f"ID acc {i['acc']:.3f} OOD acc {o['acc']:.3f} waits {i['waits']:.2f} len {i['length']:.1f} "
-            f"| after-wait {i['acc_after_wait']} gut {i['acc_without_wait']}")
+            f"| ID acc after a wait {f(i['acc_after_wait'])}, without {f(i['acc_without_wait'])}")
 
 
 def markdown_table(result: dict) -> str:
@@ -362,8 +378,7 @@ def main(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_experiment(args.base, steps=args.steps, seeds=args.seeds, runs=args.runs,
-                            coverage=not args.no_coverage)
+    result = run_experiment(args.base, steps=args.steps, seeds=args.seeds, runs=args.runs)
     print(markdown_table(result))
     if args.out:
         out = Path(args.out)

@@ -8,7 +8,7 @@ weights small.
 
 from __future__ import annotations
 
-from sd_bench.toy.tokenizer import VOCAB, EOS, PAD
+from sd_bench.toy.tokenizer import EOS, PAD, VOCAB
 
 MAX_POSITIONS = 512  # the longest toy sequence (n = 6, solution-hinted, with corrections) is ~200 tokens
 
@@ -16,22 +16,22 @@ MAX_POSITIONS = 512  # the longest toy sequence (n = 6, solution-hinted, with co
 def toy_config(**overrides):
     from transformers import Qwen3Config
 
-    kwargs = dict(
-        vocab_size=len(VOCAB),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        head_dim=32,
-        max_position_embeddings=MAX_POSITIONS,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        pad_token_id=VOCAB.index(PAD),
-        eos_token_id=VOCAB.index(EOS),
-        bos_token_id=VOCAB.index(EOS),
-        use_cache=True,
-    )
+    kwargs = {
+        "vocab_size": len(VOCAB),
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "head_dim": 32,
+        "max_position_embeddings": MAX_POSITIONS,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "pad_token_id": VOCAB.index(PAD),
+        "eos_token_id": VOCAB.index(EOS),
+        "bos_token_id": VOCAB.index(EOS),
+        "use_cache": True,
+    }
     kwargs.update(overrides)
     return Qwen3Config(**kwargs)
 

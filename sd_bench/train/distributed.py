@@ -15,7 +15,7 @@ single process would make on the whole mini-batch. Why each piece is here:
   `register_fsdp_forward_method`. `sd_bench.train.model.hidden_states` dispatches to either.
 - Each micro-batch loss is divided by the mini-batch's GLOBAL token count (token-mean over all processes),
   so the gradient we want is the SUM over processes. Both engines average by default: DDP gets a sum
-  comm hook, FSDP `set_gradient_divide_factor(1.0)`.
+  comm hook, FSDP `set_gradient_divide_factor(1.0)` with sum-only comms.
 - Ranks hold different numbers of samples (SDPO drops samples without a successful sibling), but each
   engine forward/backward is a collective: every rank must run as many. The loops pad to the global maximum
   number of micro-batches with zero-weighted dummy micro-batches (`micro_batch_count`).
@@ -186,7 +186,7 @@ def _hidden_forward(lm, input_ids, attention_mask):
     return out.last_hidden_state, lm.get_output_embeddings().weight
 
 
-def _sum_hook(process_group, bucket: torch.distributed.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def _sum_hook(process_group, bucket):  # no annotations: DDP checks them, and they are strings here
     """DDP comm hook: all-reduce SUM (DDP's default divides by the world size; our losses are already
     divided by the global token count)."""
     work = torch.distributed.all_reduce(bucket.buffer(), group=process_group, async_op=True)
@@ -208,7 +208,8 @@ def fully_shard_decoder(lm: torch.nn.Module) -> torch.nn.Module:
     fully_shard(lm)
     register_fsdp_forward_method(lm, "sd_hidden_states")
     for m in _fsdp_modules(lm):
-        m.set_gradient_divide_factor(1.0)
+        m.set_gradient_divide_factor(1.0)  # a plain SUM: our losses are already divided by the global tokens
+        m.set_force_sum_reduction_for_comms(True)  # else factor 1 becomes PREMUL_SUM, which gloo lacks
     return lm
 
 
@@ -238,6 +239,11 @@ class Engine:
             fully_shard_decoder(model)
         elif self.strategy != "none":
             raise ValueError(f"distributed.strategy: unknown engine {strategy!r} (auto | ddp | fsdp)")
+        if dist.main and self.strategy != "none":
+            import sys
+
+            backend = torch.distributed.get_backend()
+            print(f"data parallel: {self.strategy} over {dist.world_size} processes ({backend})", file=sys.stderr)
 
     def prepare_copy(self, copy: torch.nn.Module) -> torch.nn.Module:
         """A frozen/EMA teacher copy, made before the student was sharded: sharded the same way under FSDP."""

@@ -119,10 +119,9 @@ class Teacher:
     def weights(self, student):
         """A model whose forward is the teacher's (use under torch.no_grad)."""
         if self.copy is not None:
-            try:
-                yield self.copy
-            finally:
-                reshard(self.copy)  # FSDP keeps the root's weights gathered after a forward; free them
+            # FSDP keeps the root's weights (embeddings, norm, lm_head) gathered after a forward; the loss
+            # still reads the returned lm_head weight, so they are freed in `update`, after the backward
+            yield self.copy
         elif self.mode == "frozen":
             with student.disable_adapter():
                 yield student
@@ -144,6 +143,8 @@ class Teacher:
     @torch.no_grad()
     def update(self, student) -> None:
         """After each optimizer update: the EMA step (a no-op for frozen and live)."""
+        if self.copy is not None:
+            reshard(self.copy)  # FSDP: back to shards, so the EMA step pairs shard with shard
         if self.mode != "ema":
             return
         student_params = dict(trainable_parameters(student))

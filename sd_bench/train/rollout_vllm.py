@@ -110,7 +110,8 @@ def merged_lora_weights(model, *, include_delta: bool = True) -> Iterator[tuple[
             merged = tensor.clone()
             for adapter in active:
                 if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
-                    delta = module.get_delta_weight(adapter)
+                    with torch.no_grad():  # lora_A/B require grad; the engine needs plain values
+                        delta = module.get_delta_weight(adapter)
                     if delta.shape != merged.shape:
                         raise RuntimeError(
                             f"{key}: LoRA delta {tuple(delta.shape)} != weight {tuple(merged.shape)}"
