@@ -110,10 +110,3 @@ def test_mixture_and_hinted_formats():
     corrected = [t for t in plain if t.response.count(world.WAIT) > 1]
     assert corrected, "step errors are caught with a second wait"
 
-
-def test_named_sets_and_digests():
-    assert [p.question for p in world.load_set("toy_id")] == [p.question for p in world.toy_problems("id")]
-    assert len(world.load_set("toy_train8")) == 8 and len(world.load_set("toy_ood")) == 256
-    assert world.set_sha256("toy_id") == world.set_sha256("toy_id") != world.set_sha256("toy_ood")
-    with pytest.raises(ValueError, match="unknown toy set"):
-        world.load_set("toy_test")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from sd_bench.cli import main
 REPO = Path(__file__).resolve().parents[1]
 # 4 prompts per step in 2 mini-batches: each rank holds 1 prompt (4 rollouts) of each mini-batch
 BATCH = ["--scale", "smoke", "rollout.prompts_per_step=4", "optim.mini_batch_size=2", "optim.lr=1e-3"]
+# LoRA teachers: frozen = the same model under peft's disable_adapter (on the unwrapped module, outside DDP);
+# EMA = adapter weights swapped in place for the teacher pass
 LORA = ["train", "sdpo", *BATCH, "model.finetune=lora"]
+LORA_EMA = ["train", "sdpo_ema", *BATCH, "model.finetune=lora"]
 # EMA teacher (a sharded copy under FSDP) and 1 sequence per micro-batch: the ranks keep different numbers of
 # samples (no successful sibling -> no loss), so they run different numbers of real micro-batches
 FULL = ["train", "sdpo_ema", *BATCH, "optim.micro_batch_size=1"]
@@ -83,17 +87,21 @@ def _assert_match(one: Path, two: Path, base: dict | None):
     assert [r["score"] for r in m1] == [r["score"] for r in m2]  # same rollouts
     assert [r["samples_with_loss"] for r in m1] == [r["samples_with_loss"] for r in m2]
     assert all(abs(a["loss"] - b["loss"]) < 1e-6 for a, b in zip(m1, m2))
-    assert all(abs(a["grad_norm"] - b["grad_norm"]) < 1e-5 for a, b in zip(m1, m2))
+    # Adam hardly sees a gradient's scale, so check it here: a mean instead of a sum would halve the norm
+    assert [r["grad_norm"] for r in m1] == pytest.approx([r["grad_norm"] for r in m2], rel=1e-4)
 
 
 def test_two_processes_match_one(tmp_path):
-    """(a) LoRA under DDP; (b) full FT under FSDP, stopped after step 1 and resumed to step 2 by 2 processes,
-    equals an uninterrupted 1-process run. The 1-process runs go while the 2-process job runs."""
+    """(a) LoRA under DDP, frozen and EMA teacher; (b) full FT under FSDP, stopped after step 1 and resumed to
+    step 2 by 2 processes, equals an uninterrupted 1-process run. The 1-process runs go while the 2-process
+    job runs."""
     two = _torchrun([[*LORA, "--output", str(tmp_path / "lora2")],
+                     [*LORA_EMA, "--output", str(tmp_path / "lora_ema2")],
                      [*FULL, "--max-steps", "1", "--output", str(tmp_path / "full2")],
                      [*FULL, "--max-steps", "2", "--resume", "--output", str(tmp_path / "full2")]], tmp_path)
     torch.set_num_threads(1)
     assert main([*LORA, "--output", str(tmp_path / "lora1")]) == 0
+    assert main([*LORA_EMA, "--output", str(tmp_path / "lora_ema1")]) == 0
     assert main([*FULL, "--max-steps", "2", "--output", str(tmp_path / "full1")]) == 0
     log = _finish(two)
     assert "data parallel: ddp over 2 processes (gloo)" in log
@@ -101,8 +109,36 @@ def test_two_processes_match_one(tmp_path):
     assert f"resuming from {tmp_path / 'full2' / 'checkpoint-1'}" in log
 
     _assert_match(tmp_path / "lora1", tmp_path / "lora2", None)
+    _assert_match(tmp_path / "lora_ema1", tmp_path / "lora_ema2", None)
     base = _weights(tmp_path / "full1" / "tiny-model")
     _assert_match(tmp_path / "full1", tmp_path / "full2", base)
+    # the EMA teacher (sharded under FSDP, gathered into the checkpoint) moved and matches the 1-process one
+    t1, t2 = (torch.load(run / "checkpoint-2" / "trainer_state.pt", weights_only=False)["teacher"]
+              for run in (tmp_path / "full1", tmp_path / "full2"))
+    assert t1.keys() == t2.keys() and "lm_head.weight" in t1
+    assert max((t1[k] - base[k]).abs().max().item() for k in t1) > 1e-5
+    assert max((t1[k] - t2[k]).abs().max().item() for k in t1) < 1e-6
+    # the FSDP checkpoint (full weights, optimizer state by name) also resumes in ONE process
+    cross = tmp_path / "cross"
+    cross.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "tiny-model", "checkpoint-1"):
+        copy = shutil.copytree if (tmp_path / "full2" / name).is_dir() else shutil.copy
+        copy(tmp_path / "full2" / name, cross / name)
+    assert main([*FULL, "--max-steps", "2", "--resume", "--output", str(cross)]) == 0
+    _assert_match(tmp_path / "full1", cross, base)
     # final/ of the FSDP run is a plain HF folder (gathered on rank 0), with the real architecture name
     config = json.loads((tmp_path / "full2" / "final" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3ForCausalLM"]
+
+
+def test_strategy_config():
+    from sd_bench.train.config import ConfigError, load_config
+    from sd_bench.train.distributed import resolve_strategy
+
+    cfg = load_config("sdpo", scale="smoke")
+    assert cfg.distributed.strategy == "auto" and resolve_strategy("auto", "full") == "fsdp"
+    assert resolve_strategy("auto", "lora") == "ddp" and resolve_strategy("ddp", "full") == "ddp"
+    with pytest.raises(ConfigError, match="distributed.strategy"):
+        load_config("sdpo", scale="smoke", overrides=["distributed.strategy=zero3"])
+    with pytest.raises(ConfigError, match="with model.finetune=lora use distributed.strategy=ddp"):
+        load_config("sdpo", scale="smoke", overrides=["model.finetune=lora", "distributed.strategy=fsdp"])

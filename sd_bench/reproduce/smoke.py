@@ -550,3 +550,179 @@ def table1_smoke(req: PlanRequest) -> list[Stage]:
                          "Context richness, toy world (toy training problems with solve rate in [1/8, 4/8]; "
                          f"{T1_K} samples each)", columns=cols)))
     return stages
+
+
+# --- Table 3 (coverage sweep) and the on-policy figure: the trainer's on-policy loop ----------------
+
+T3_SIZES = ("1", "8", "64", "broad")  # |D| (paper Sec. 6.2: 1, 8, 64, 128, 512; "broad" = 8192 problems)
+T3_STEPS = 20  # paper: 100 (issue 5: 60); CPU budget, see the module docstring
+T3_EVAL_PROBLEMS = 64
+ONPOLICY_OVERRIDES = (  # on top of the recipe + the trainer's smoke preset
+    "model.dtype=float32",
+    "model.finetune=full",
+    "data.reward=grade",
+    "rollout.prompts_per_step=4",  # x 8 rollouts (paper: 256 x 8; issue 5 prototype: 8 x 8)
+    "rollout.n=8",
+    "rollout.max_new_tokens=64",
+    "optim.mini_batch_size=4",  # one update per step (issue 5 prototype)
+    "optim.micro_batch_size=32",
+    "optim.warmup_steps=2",
+    "loss.top_k=null",  # the toy vocabulary (23) is smaller than the paper's top-100: full vocabulary
+    "teacher.max_prompt_tokens=256",
+)
+ONPOLICY_LR = {"sdpo": "1e-3", "grpo": "1e-4"}  # the toy base was pretrained at 1.5e-3; GRPO at 1e-3 diverged (runaway waits)
+
+
+def t3_data(ctx: StageContext) -> None:
+    """Training sets as trainer JSONL: |D| = 1 (x64) and 8 (x8) repeated like the paper's seen_1x64 / 8x8."""
+    from sd_bench.toy import world
+
+    for out in ctx.stage.outputs:
+        size = Path(out).stem.removeprefix("toy_train")
+        problems = world.coverage_set("broad" if size == "broad" else int(size), seed=0)
+        reps = {"1": 64, "8": 8}.get(size, 1)
+        rows = [{"id": q.id, "question": q.question, "prompt": q.prompt, "answer": q.answer,
+                 "solution": q.solution, "kind": q.kind} for _ in range(reps) for q in problems]
+        ctx.write_text(out, _jsonl(rows))
+
+
+def train_onpolicy(ctx: StageContext) -> None:
+    """`sd-bench train <recipe> --scale smoke model.path=<base> data.name=<set> ...` in-process."""
+    import argparse
+
+    from sd_bench.train import cli as train_cli
+
+    _threads()
+    p = ctx.stage.params
+    cond = p["condition"]
+    args = [f"model.path={model_path(ctx, ctx.stage.model)}", f"data.name={ctx.path(ctx.stage.inputs[-1])}",
+            f"run.seed={ctx.seed}", f"run.max_steps={p['steps']}", f"run.save_every={p['steps']}",
+            f"optim.lr={ONPOLICY_LR['grpo' if ctx.stage.recipe == 'grpo' else 'sdpo']}", *ONPOLICY_OVERRIDES,
+            *p.get("extra", ())]
+    with ctx.atomic_dir(f"runs/{cond}") as tmp:
+        parser = argparse.ArgumentParser(prog="sd-bench train")
+        train_cli.add_arguments(parser)
+        ns = parser.parse_args(["--scale", "smoke", "--output", str(tmp), ctx.stage.recipe, *args])
+        if train_cli.run(ns):
+            raise RuntimeError(f"sd-bench train {ctx.stage.recipe} {' '.join(args)} failed")
+        (tmp / "command.txt").write_text(f"sd-bench train {ctx.stage.recipe} --scale smoke --output runs/{cond} "
+                                         + " ".join(args) + "\n")
+
+
+def _eval_stage(cond: str, model: str, inputs=(), step=None, limit=EVAL_PROBLEMS) -> Stage:
+    where = f"eval/{cond}"
+    return Stage(
+        f"evaluate/{cond}", "evaluate", f"lm-eval {', '.join(EVAL_TASKS)} (HF): avg@{EVAL_K} on {limit} problems",
+        inputs=inputs, outputs=tuple(f"{where}/{t}.json" for t in EVAL_TASKS)
+        + (f"{where}/samples.jsonl", f"{where}/lm_eval_results.json"),
+        model=model, est_seconds=10.0, run=evaluate,
+        params={"condition": cond, "tasks": list(EVAL_TASKS), "k": EVAL_K, "limit": limit, "step": step,
+                "temperature": TEMPERATURE, "top_p": TOP_P, "max_gen_toks": None, "batch_size": EVAL_BATCH})
+
+
+def _train_stage(cond: str, recipe: str, data: str, extra=()) -> Stage:
+    return Stage(
+        f"train/{cond}", "train", f"sd-bench train {recipe}: {T3_STEPS} steps x 4 prompts x 8 rollouts on {data}",
+        inputs=("sd_bench/toy/base", data), outputs=(f"runs/{cond}/metrics.jsonl", f"runs/{cond}/final"),
+        model="sd_bench/toy/base", recipe=recipe, est_seconds=40.0, run=train_onpolicy,
+        params={"condition": cond, "steps": T3_STEPS, "extra": list(extra)})
+
+
+T3_RULES = [  # issue 5's guards that hold after T3_STEPS steps (the training-score ones need ~60 steps)
+    {"name": "narrow SD (|D| = 8) kills waits", "op": "<", "factor": 0.2,
+     "lhs": "conditions.cov_d8_sdpo.metrics.id_waits", "rhs": "conditions.t3_base.metrics.id_waits"},
+    {"name": "narrow SD (|D| = 8) loses held-out ID accuracy", "op": "<", "offset": -0.15,
+     "lhs": "conditions.cov_d8_sdpo.metrics.id_acc", "rhs": "conditions.t3_base.metrics.id_acc"},
+    {"name": "GRPO (|D| = 8) keeps OOD above SD", "op": ">", "offset": 0.15,
+     "lhs": "conditions.cov_d8_grpo.metrics.ood_acc", "rhs": "conditions.cov_d8_sdpo.metrics.ood_acc"},
+    {"name": "GRPO (broad) waits above base", "op": ">",
+     "lhs": "conditions.cov_dbroad_grpo.metrics.id_waits", "rhs": "conditions.t3_base.metrics.id_waits"},
+    {"name": "SD (broad) OOD below base", "op": "<", "offset": -0.1,
+     "lhs": "conditions.cov_dbroad_sdpo.metrics.ood_acc", "rhs": "conditions.t3_base.metrics.ood_acc"},
+]
+
+
+@register("table3", "smoke")
+def table3_smoke(req: PlanRequest) -> list[Stage]:
+    """Coverage sweep on the toy world: SDPO (teacher sees the clean solution) vs GRPO, |D| = 1, 8, 64, broad."""
+    from sd_bench.tables import Column
+
+    data = tuple(f"data/toy_train{s}.jsonl" for s in T3_SIZES)
+    stages = [Stage("generate/t3_data", "generate", "toy coverage sets as trainer JSONL", outputs=data,
+                    est_seconds=1.0, run=t3_data),
+              _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS)]
+    conds = []
+    for s, d in zip(T3_SIZES, data):
+        for method, recipe in (("grpo", "grpo"), ("sdpo", "sdpo_reference")):
+            cond = f"cov_d{s}_{method}"
+            conds.append(cond)
+            stages.append(_train_stage(cond, recipe, d))
+            stages.append(_eval_stage(cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",),
+                                      limit=T3_EVAL_PROBLEMS))
+    cols = [Column("train_first", "train score @1", "train_first", "score", 1.0, 2),
+            Column("train_score", f"train score @{T3_STEPS}", "train", "score", 1.0, 2),
+            Column("id_acc", "ID acc (%)", "sd_toy_id", "acc", 100.0, 1),
+            Column("ood_acc", "OOD acc (%)", "sd_toy_ood", "acc", 100.0, 1),
+            Column("id_waits", "ID E(y)", "sd_toy_id", "epistemic_count", 1.0, 2)]
+    rows = [("t3_base", "base (no training)")] + [
+        (c, f"|D| = {c.split('_')[1][1:]}, {'SDPO (c = solution)' if c.endswith('sdpo') else 'GRPO'}")
+        for c in conds]
+
+    def render(ctx: StageContext) -> None:
+        from sd_bench import tables
+
+        for c in conds:
+            r = tables.train_score_result(ctx.path(f"runs/{c}/metrics.jsonl"), c)
+            if r is not None:
+                ctx.write_json(f"eval/{c}/train.json", r)
+            first = _read_jsonl(ctx.path(f"runs/{c}/metrics.jsonl"))[0]  # the base's score on the same set
+            ctx.write_json(f"eval/{c}/train_first.json", tables.make_result(
+                c, "train_first", {"score": first["score"]}, n_problems=None, k=None, step=first["step"]))
+        render_table("3", ["t3_base", *conds], rows, T3_RULES, "Task coverage sweep, toy world "
+                     f"({T3_STEPS} steps; train score = last step's mean reward)", columns=cols)(ctx)
+
+    stages.append(Stage("render/table3", "render", "Table 3 (toy): train score, held-out ID / OOD",
+                        inputs=tuple(f"runs/{c}/metrics.jsonl" for c in conds),
+                        outputs=("table3.json", "table3.md", "table3.tex"), est_seconds=1.0, run=render))
+    return stages
+
+
+# --- Figure 3 (smoke): on-policy curves, SD under each teacher context vs GRPO, broad coverage -------
+
+FIG_RUNS = {  # condition -> (recipe, label); cov_dbroad_* are Table 3's runs (reused in the same DIR)
+    "cov_dbroad_grpo": ("grpo", "GRPO"),
+    "cov_dbroad_sdpo": ("sdpo_reference", "SD, c = solution"),
+    "fig_sd_answer": ("sdpo_answer", "SD, c = answer"),
+    "fig_sd_none": ("sdpo_none", "SD, c = none"),
+}
+
+
+@register("figure3", "smoke")
+def figure3_smoke(req: PlanRequest) -> list[Stage]:
+    """Training score, length, E(y) over steps (metrics.jsonl) and held-out OOD accuracy at 0 and the end."""
+    data = "data/toy_trainbroad.jsonl"
+    stages = [Stage("generate/t3_data", "generate", "toy coverage sets as trainer JSONL",
+                    outputs=tuple(f"data/toy_train{s}.jsonl" for s in T3_SIZES), est_seconds=1.0, run=t3_data),
+              _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS)]
+    for cond, (recipe, _) in FIG_RUNS.items():
+        stages.append(_train_stage(cond, recipe, data))
+        stages.append(_eval_stage(cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",),
+                                  limit=T3_EVAL_PROBLEMS))
+
+    def render(ctx: StageContext) -> None:
+        from sd_bench import plots, tables
+
+        results = {(r["condition"], r["task"]): r for r in tables.find_results(ctx.path("eval"))}
+        base = results[("t3_base", "sd_toy_ood")]["metrics"]["acc"]
+        runs, points = {}, {}
+        for cond, (_, label) in FIG_RUNS.items():
+            runs[label] = ctx.path(f"runs/{cond}/metrics.jsonl")
+            points[label] = [(0, base), (T3_STEPS, results[(cond, "sd_toy_ood")]["metrics"]["acc"])]
+        plots.plot_training_curves(runs, ctx.path("figure3"), eval_points=points,
+                                   eval_label=f"OOD avg@{EVAL_K} (sd_toy_ood)",
+                                   title=f"Figure 3 (smoke): toy world, broad coverage, {T3_STEPS} steps")
+
+    stages.append(Stage("render/figure3", "render", "on-policy curves: SD (none / answer / solution) vs GRPO",
+                        inputs=tuple(f"runs/{c}/metrics.jsonl" for c in FIG_RUNS),
+                        outputs=("figure3.png", "figure3.svg"), est_seconds=2.0, run=render))
+    return stages

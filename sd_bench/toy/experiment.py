@@ -346,7 +346,7 @@ def _fmt(row) -> str:
 
 def markdown_table(result: dict) -> str:
     """Per run, the range over seeds (min-max) of each column, as in issue 5's prototype table."""
-    lines = ["| run (from the base) | ID acc | OOD acc | waits/response (ID) | length (ID) | train-set acc (|D|=8) |",
+    lines = ["| run (from the base) | ID acc | OOD acc | waits/response (ID) | length (ID) | acc, 8 train problems |",
              "|---|---|---|---|---|---|"]
     order = []
     for r in result["rows"]:

@@ -230,26 +230,3 @@ def grade_toy(response: str, gold: str) -> Grade:
     gold_norm = str(gold).strip().lstrip("0") or "0"
     return Grade(correct=extracted is not None and extracted == gold_norm, extracted=extracted)
 
-
-# ---- named sets (for sd_bench.data / the lm-eval tasks) -------------------------------------------------
-
-SET_NAMES = ("toy_id", "toy_ood", "toy_train1", "toy_train8", "toy_train64")
-
-
-def load_set(name: str) -> list[Problem]:
-    """A named toy set: `toy_id`, `toy_ood` (eval, 256 each) or `toy_train{1,8,64}` (coverage, seed 0)."""
-    if name == "toy_id":
-        return toy_problems("id")
-    if name == "toy_ood":
-        return toy_problems("ood")
-    if name.startswith("toy_train") and name[len("toy_train"):].isdigit():
-        return coverage_set(int(name[len("toy_train"):]))
-    raise ValueError(f"unknown toy set {name!r}: choose from {', '.join(SET_NAMES)}")
-
-
-def set_sha256(name: str) -> str:
-    """A content digest of a named set (the generated sets have no file to checksum)."""
-    import hashlib
-
-    text = "\n".join(f"{p.id}\t{p.question}\t{p.answer}" for p in load_set(name))
-    return hashlib.sha256(text.encode()).hexdigest()

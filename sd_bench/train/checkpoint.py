@@ -72,8 +72,8 @@ def save_weights(model, tokenizer, folder: Path, state_dict: dict | None = None)
         model.save_pretrained(folder, state_dict=state_dict)
         # FSDP2 swaps the class to `FSDP<Name>`; HF writes the class name as the architecture (vLLM and
         # lm-eval read it), so write the original one back
-        base = next(c for c in type(model).__mro__[1:] if c.__name__ == type(model).__name__.removeprefix("FSDP"))
-        model.config.architectures = [base.__name__]
+        name = type(model).__name__.removeprefix("FSDP")
+        model.config.architectures = [next(c for c in type(model).__mro__ if c.__name__ == name).__name__]
         model.config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,7 +50,7 @@ class Dist:
 
     rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -60,18 +60,18 @@ class Dist:
         if self.world_size > 1:
             torch.distributed.barrier()
 
-    def _all_reduce(self, value: float, op) -> float:
+    def _all_reduce(self, value: float, op: str) -> float:
         if self.world_size == 1:
             return value
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op=op)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return float(t.item())
 
     def all_reduce_sum(self, value: float) -> float:
-        return self._all_reduce(value, torch.distributed.ReduceOp.SUM) if self.world_size > 1 else value
+        return self._all_reduce(value, "SUM")
 
     def all_reduce_max(self, value: float) -> float:
-        return self._all_reduce(value, torch.distributed.ReduceOp.MAX) if self.world_size > 1 else value
+        return self._all_reduce(value, "MAX")
 
 
 def setup_distributed() -> Dist:
@@ -129,7 +129,7 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True):
-    """Load a full (plain) state dict; sharded modules keep only their shard. Returns (missing, unexpected)."""
+    """Load a full (plain) state dict; a sharded module keeps its shard. Returns (missing, unexpected)."""
     if not is_sharded(module):
         return module.load_state_dict(state, strict=strict)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -148,10 +148,18 @@ def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if not is_sharded(model):
+    """Load either format into either kind of model, so a checkpoint resumes under another process count or
+    engine: by position (one process, DDP) or by parameter name (FSDP's full optimizer state)."""
+    by_name = any(isinstance(k, str) for k in state.get("state", {}))
+    if not is_sharded(model) and not by_name:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if not by_name:  # the optimizer was built over the trainable parameters in `named_parameters` order
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+        state = {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
@@ -220,7 +228,8 @@ class Engine:
     inside `inference()`. `train_module`: what gradient forwards go through (DDP wrapper or the model).
     """
 
-    def __init__(self, model: torch.nn.Module, dist: Dist, strategy: str, find_unused_parameters: bool = False):
+    def __init__(self, model: torch.nn.Module, dist: Dist, strategy: str,
+                 find_unused_parameters: bool = False):
         self.model, self.dist = model, dist
         self.strategy = strategy if dist.world_size > 1 else "none"
         self.train_module = model
@@ -242,8 +251,8 @@ class Engine:
         if dist.main and self.strategy != "none":
             import sys
 
-            backend = torch.distributed.get_backend()
-            print(f"data parallel: {self.strategy} over {dist.world_size} processes ({backend})", file=sys.stderr)
+            print(f"data parallel: {self.strategy} over {dist.world_size} processes "
+                  f"({torch.distributed.get_backend()})", file=sys.stderr)
 
     def prepare_copy(self, copy: torch.nn.Module) -> torch.nn.Module:
         """A frozen/EMA teacher copy, made before the student was sharded: sharded the same way under FSDP."""

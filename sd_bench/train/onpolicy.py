@@ -159,8 +159,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     if dist.main:
         resolve_model_path(cfg.model, run_dir)  # builds the tiny model once, before other ranks load it
     dist.barrier()
-    seed_everything(cfg.run.seed + dist.rank)  # LoRA init differs per rank; DDP broadcasts rank 0's
+    seed_everything(cfg.run.seed)  # the same LoRA init on every rank (an EMA teacher copies it before DDP)
     model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
+    if dist.rank:
+        seed_everything(cfg.run.seed + dist.rank)  # then rank-local randomness
     problems = load_training_problems(cfg.data)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate) if sdpo else None  # copy before sharding
     engine = Engine(model, dist, resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
@@ -232,9 +234,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             gap_sum = gap_abs_sum = 0.0
             with torch.no_grad():
                 for micro in chunks(items, cfg.optim.micro_batch_size):
-                    h, w, t = response_hidden(model, [i.prompt_ids for i in micro], [i.response_ids for i in micro],
-                                              pad_id, dist.device)
-                    lp = token_logprobs_from_hidden(h, w, t, temperature=temperature, chunk_size=cfg.loss.chunk_size)
+                    h, w, t = response_hidden(model, [i.prompt_ids for i in micro],
+                                              [i.response_ids for i in micro], pad_id, dist.device)
+                    lp = token_logprobs_from_hidden(h, w, t, temperature=temperature,
+                                                    chunk_size=cfg.loss.chunk_size)
                     for item, part in zip(micro, lp.split([len(i.response_ids) for i in micro])):
                         item.old_logprobs = part
                         diff = part - torch.tensor(item.rollout_logprobs, device=part.device)
@@ -258,8 +261,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
                                               tokens_global, pad_id, dist.device)
                         (loss * 0.0).backward()
                         continue
-                    loss, stats = _micro_loss(cfg, model, engine.train_module, teacher, micros[k], tokens_global,
-                                              pad_id, dist.device)
+                    loss, stats = _micro_loss(cfg, model, engine.train_module, teacher, micros[k],
+                                              tokens_global, pad_id, dist.device)
                     loss.backward()
                 loss_sum += float(loss.detach())
                 micro_tokens = sum(len(i.response_ids) for i in micros[k])
@@ -286,8 +289,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         # 7. checkpoint
         done = step + 1
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
-            trainer_state = {"optimizer": optimizer_state_dict(model, optimizer), "scheduler": scheduler.state_dict(),
-                             "sampler": sampler_state, "teacher": teacher.state_dict() if teacher else {}}
+            trainer_state = {"optimizer": optimizer_state_dict(model, optimizer),  # FSDP: gathered on rank 0
+                             "scheduler": scheduler.state_dict(), "sampler": sampler_state,
+                             "teacher": teacher.state_dict() if teacher else {}}  # EMA copy: gathered too
             checkpoint.save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
                                        trainer_state=trainer_state, rank=dist.rank, world_size=dist.world_size,
                                        barrier=dist.barrier, keep=cfg.run.keep_checkpoints)

@@ -78,8 +78,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     if dist.main:
         resolve_model_path(cfg.model, run_dir)
     dist.barrier()
-    seed_everything(cfg.run.seed + dist.rank)
+    seed_everything(cfg.run.seed)  # the same LoRA init on every rank (an EMA teacher copies it before DDP)
     model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
+    if dist.rank:
+        seed_everything(cfg.run.seed + dist.rank)  # then rank-local randomness
     engine = Engine(model, dist, resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
                     cfg.distributed.find_unused_parameters)
     traces = load_traces(Path(cfg.data.name))
