@@ -15,7 +15,7 @@ per character, near a real model's tokenizer; no Hub access needed), or with the
 `sd_bench.tiny_model` when the data is unavailable (~0.6 tokens per character: slower, so conservative).
 CPU time of this process, pinned to one core (the machine is shared: wall time is noisy).
 
-    python benchmarks/bench_scoring.py [--docs 40] [--k 16] [--seed 0]
+    python benchmarks/bench_scoring.py [--docs 40] [--k 16] [--seed 0] [--all-cores]
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core: no rayon threads in the count
+# One core by default: no rayon threads in the count. --all-cores lets the batched count use every core, as
+# in an lm-eval run (which leaves TOKENIZERS_PARALLELISM unset): wall time then falls, CPU time does not.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if "--all-cores" in sys.argv else "false")
 
 from sd_bench.lm_eval_tasks import score_responses
 
@@ -114,9 +116,11 @@ def timed(text: str, gold: str, tokenizer: str, clock=time.process_time) -> floa
 
 
 def summary(label: str, ms: list[float]) -> None:
+    """One line: mean (= total / count: comparable between batched and single scoring), median, p99, max."""
     ms = sorted(ms)
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-    print(f"  {label:44s} median {statistics.median(ms):6.2f} ms  p99 {p99:7.2f} ms  max {ms[-1]:8.2f} ms")
+    print(f"  {label:42s} mean {statistics.fmean(ms):6.2f}  median {statistics.median(ms):6.2f}  "
+          f"p99 {p99:7.2f}  max {ms[-1]:8.2f} ms")
 
 
 def main() -> None:
@@ -124,8 +128,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=40, help="problems; each gets k responses")
     parser.add_argument("--k", type=int, default=16, help="responses per problem (paper: 16)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all-cores", action="store_true", help="no pinning; tokenizers may use every core")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
+    if hasattr(os, "sched_setaffinity") and not args.all_cores:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     tokenizer, tok_label = bench_tokenizer()
     rng = random.Random(args.seed)
@@ -137,8 +142,9 @@ def main() -> None:
         gold = rng.choice(gold_list)
         docs.append(({"answer": gold, "tokenizer": tokenizer}, [realistic(rng, gold) for _ in range(args.k)]))
     chars = [len(t) for _, texts in docs for t in texts]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, 1 used; "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; Python {platform.python_version()}; "
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"{'all' if args.all_cores else 1} used; load average {load}; Python {platform.python_version()}; "
           f"tokenizer: {tok_label}")
     print(f"realistic: {args.docs} problems x k={args.k} = {len(chars)} responses, {min(chars)}-{max(chars)} chars "
           f"(median {int(statistics.median(chars))})")
@@ -146,36 +152,53 @@ def main() -> None:
     from sd_bench.lm_eval_tasks import batch_token_counter, process_results
 
     count = batch_token_counter(tokenizer)
+    cpu, wall = time.process_time, time.perf_counter
 
-    def per_doc(label: str, fn, clock=time.process_time) -> None:
-        """CPU time of fn(doc, responses) per problem, reported per response (divided by k)."""
+    def batched(fn, texts, clock=cpu) -> float:
+        """ms per response when the k responses of one problem are scored in one call (gold parsed once)."""
         _parse_gold.cache_clear()
-        ms = []
-        for doc, texts in docs:
+        t0 = clock()
+        fn(texts)
+        return (clock() - t0) * 1000 / len(texts)
+
+    def alone(fn, texts, clock=cpu) -> list[float]:
+        """ms of each response scored in its own call (gold parsed once per problem, as above)."""
+        _parse_gold.cache_clear()
+        out = []
+        for text in texts:
             t0 = clock()
-            fn(doc, texts)
-            ms.append((clock() - t0) * 1000 / len(texts))
-        summary(label, ms)
+            fn([text])
+            out.append((clock() - t0) * 1000)
+        return out
 
-    def per_response(label: str, fn, clock=time.process_time) -> None:
-        _parse_gold.cache_clear()
-        ms = []
-        for doc, texts in docs:
-            for text in texts:
-                t0 = clock()
-                fn(doc, text)
-                ms.append((clock() - t0) * 1000)
-        summary(label, ms)
-
-    print(f"per response, scored in problem batches of k={args.k} (process_results, as lm-eval calls it), CPU:")
-    per_doc("full scoring", lambda d, ts: process_results(d, [ts]))
-    per_doc("  of which token count (one batched call)", lambda d, ts: count(ts))
-    per_doc("scoring without tokens (response_chars)", lambda d, ts: process_results(d | {"tokenizer": ""}, [ts]))
-    per_doc("full scoring, wall time", lambda d, ts: process_results(d, [ts]), time.perf_counter)
-    print("per response, each scored alone (k=1), CPU:")
-    per_response("full scoring", lambda d, t: process_results(d, [[t]]))
-    per_response("  of which token count", lambda d, t: count([t]))
-    per_response("full scoring, wall time", lambda d, t: process_results(d, [[t]]), time.perf_counter)
+    rows = {name: [] for name in ("b_full", "b_tok", "b_notok", "b_wall", "s_full", "s_tok", "s_wall")}
+    for i, (doc, texts) in enumerate(docs):
+        full = lambda ts, doc=doc: process_results(doc, [ts])
+        notok = lambda ts, doc=doc: process_results(doc | {"tokenizer": ""}, [ts])
+        # The two modes interleaved per problem, alternating which goes first, so that the load of this
+        # shared machine drifts over both alike.
+        for mode in (("b", "s") if i % 2 == 0 else ("s", "b")):
+            if mode == "b":
+                rows["b_full"].append(batched(full, texts))
+                rows["b_tok"].append(batched(count, texts))
+                rows["b_notok"].append(batched(notok, texts))
+                rows["b_wall"].append(batched(full, texts, wall))
+            else:
+                rows["s_full"] += alone(full, texts)
+                rows["s_tok"] += alone(count, texts)
+                rows["s_wall"] += alone(full, texts, wall)
+    # Batched figures are one number per problem (its total / k): their median is that of per-problem MEAN
+    # costs, which exceeds the median response's cost (lengths are log-uniform); compare modes by the mean.
+    print(f"per response, the k={args.k} responses of a problem in one process_results call (as lm-eval "
+          f"calls it; {args.docs} problems):")
+    summary("full scoring, CPU", rows["b_full"])
+    summary("  of which token count (one batched call)", rows["b_tok"])
+    summary("scoring without tokens (response_chars)", rows["b_notok"])
+    summary("full scoring, wall time", rows["b_wall"])
+    print(f"per response, each response in its own call ({len(chars)} responses):")
+    summary("full scoring, CPU", rows["s_full"])
+    summary("  of which token count", rows["s_tok"])
+    summary("full scoring, wall time", rows["s_wall"])
     print("pathological (one response each; wall time, with tokens):")
     worst = 0.0
     for name, text in PATHOLOGICAL.items():

@@ -3,6 +3,7 @@ formats through the chat template; it saves and loads with AutoTokenizer offline
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from sd_bench.markers import epistemic_count
 from sd_bench.prompts import hint_prompt, problem_prompt, render, sdpo_teacher_prompt
 from sd_bench.toy import world
 from sd_bench.toy.pretrain import encode_trace
-from sd_bench.toy.tokenizer import VOCAB, build_tokenizer
+from sd_bench.toy.tokenizer import VOCAB, build_tokenizer, save_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def test_pretraining_encoding_equals_the_rendered_chat(tok):
 
 
 def test_saves_and_loads_offline(tok, tmp_path):
-    tok.save_pretrained(tmp_path)
+    save_tokenizer(tok, tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded.get_vocab() == tok.get_vocab() and len(loaded) == len(VOCAB)
     assert (loaded.eos_token, loaded.pad_token, loaded.padding_side) == ("<eos>", "<pad>", "left")

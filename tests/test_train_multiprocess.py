@@ -1,9 +1,11 @@
-"""Data parallel with torch's engines: 2 CPU processes (torchrun, gloo) end with the same weights as 1 process
-on the same global batch. LoRA under DDP; full fine-tuning under FSDP2 (with a sharded EMA teacher, uneven
-micro-batch counts per rank, and a resume in the middle, still 2 processes)."""
+"""Data parallel with torch's engines: 2 CPU processes (gloo) end with the same weights as 1 process on the
+same global batch. LoRA under DDP (`accelerate launch`); full fine-tuning under FSDP2 (torchrun; a sharded
+EMA teacher, uneven micro-batch counts per rank, a resume in the middle by 2 processes, and a resume of that
+checkpoint by 1 process)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -36,8 +38,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# One torchrun launch runs several trainings in a row (each `sd-bench train` call builds its model, engine and
-# optimizer afresh; the process group is reused): launching costs ~30 s of imports on a loaded 2-core machine.
+# One launch runs several trainings in a row (each `sd-bench train` call builds its model, engine and optimizer
+# afresh; the process group is reused): a launch costs ~30 s of imports on a loaded 2-core machine.
 DRIVER = """
 import json, sys
 from sd_bench.cli import main
@@ -46,13 +48,21 @@ for args in json.loads(sys.argv[1]):
 """
 
 
-def _torchrun(runs: list[list[str]], tmp_path: Path) -> subprocess.Popen:
-    driver = tmp_path / "driver.py"
+def _launch(launcher: str, runs: list[list[str]], tmp_path: Path) -> subprocess.Popen:
+    """2 processes by `torchrun`, or by `accelerate launch --multi_gpu` (which, on a CPU-only machine too,
+    hands over to torch.distributed.run; `--cpu --num_processes 2` would start ONE process)."""
+    driver = tmp_path / f"driver-{launcher}.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), str(driver), json.dumps(runs)]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = str(_free_port())
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no",
+               "--dynamo_backend", "no"]
+    return subprocess.Popen([*cmd, str(driver), json.dumps(runs)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -92,18 +102,27 @@ def _assert_match(one: Path, two: Path, base: dict | None):
 
 
 def test_two_processes_match_one(tmp_path):
-    """(a) LoRA under DDP, frozen and EMA teacher; (b) full FT under FSDP, stopped after step 1 and resumed to
-    step 2 by 2 processes, equals an uninterrupted 1-process run. The 1-process runs go while the 2-process
-    job runs."""
-    two = _torchrun([[*LORA, "--output", str(tmp_path / "lora2")],
-                     [*LORA_EMA, "--output", str(tmp_path / "lora_ema2")],
-                     [*FULL, "--max-steps", "1", "--output", str(tmp_path / "full2")],
-                     [*FULL, "--max-steps", "2", "--resume", "--output", str(tmp_path / "full2")]], tmp_path)
-    torch.set_num_threads(1)
-    assert main([*LORA, "--output", str(tmp_path / "lora1")]) == 0
-    assert main([*LORA_EMA, "--output", str(tmp_path / "lora_ema1")]) == 0
-    assert main([*FULL, "--max-steps", "2", "--output", str(tmp_path / "full1")]) == 0
-    log = _finish(two)
+    """(a) LoRA under DDP (launched by `accelerate launch` when installed), frozen and EMA teacher; (b) full FT
+    under FSDP (launched by torchrun), stopped after step 1 and resumed to step 2 by 2 processes: each equals
+    an uninterrupted 1-process run. The 1-process runs go while the 2-process jobs run."""
+    lora = [[*LORA, "--output", str(tmp_path / "lora2")], [*LORA_EMA, "--output", str(tmp_path / "lora_ema2")]]
+    full = [[*FULL, "--max-steps", "1", "--output", str(tmp_path / "full2")],
+            [*FULL, "--max-steps", "2", "--resume", "--output", str(tmp_path / "full2")]]
+    if importlib.util.find_spec("accelerate") is not None:  # LoRA by `accelerate launch`, at the same time
+        jobs = [_launch("accelerate", lora, tmp_path), _launch("torchrun", full, tmp_path)]
+    else:
+        jobs = [_launch("torchrun", lora + full, tmp_path)]
+    try:
+        torch.set_num_threads(1)
+        assert main([*LORA, "--output", str(tmp_path / "lora1")]) == 0
+        assert main([*LORA_EMA, "--output", str(tmp_path / "lora_ema1")]) == 0
+        assert main([*FULL, "--max-steps", "2", "--output", str(tmp_path / "full1")]) == 0
+        log = "".join(_finish(job) for job in jobs)
+    finally:
+        for job in jobs:
+            if job.poll() is None:  # the launcher stops its workers on SIGTERM
+                job.terminate()
+                job.wait(timeout=60)
     assert "data parallel: ddp over 2 processes (gloo)" in log
     assert "data parallel: fsdp over 2 processes (gloo)" in log
     assert f"resuming from {tmp_path / 'full2' / 'checkpoint-1'}" in log

@@ -2,27 +2,39 @@
 
 Why this exists: the smoke scale is the regression baseline CI guards (results/smoke/), so it must run
 sd-bench's REAL pieces end to end, not stand-ins: the trainer (`sd_bench.train.cli`, in-process), the lm-eval
-tasks `sd_toy_id` / `sd_toy_ood` (`lm_eval.simple_evaluate`, HF backend), the metrics and `sd_bench.tables`.
-The toy world (sd_bench/toy/world.py) is built so that the paper's effect appears there: the one-shot "gut"
-sum is mostly wrong and `wait` + a step-by-step re-derivation fixes it, so a teacher that sees the solution
-never hedges and distilling it removes the hedge and the accuracy.
+tasks `sd_toy_id` / `sd_toy_ood` (`lm_eval.simple_evaluate`, HF backend, batched sampling), the metrics and
+`sd_bench.tables`. The toy world (sd_bench/toy/world.py) is built so that the paper's effect appears there:
+the one-shot "gut" sum is mostly wrong and `wait` + a step-by-step re-derivation fixes it, so a teacher that
+sees the solution never hedges, and distilling it removes the hedge and the accuracy.
 
-Table 2 at smoke scale (the protocol plan of plan.py, with these stage implementations):
+    sd-bench reproduce --table 2 --scale smoke --output DIR     # ~1 min on one idle core (priority; CI)
+    sd-bench reproduce --table 1 --scale smoke --output DIR     # contexts none / answer / solution
+    sd-bench reproduce --table 3 --scale smoke --output DIR     # coverage sweep, SDPO vs GRPO
+    sd-bench reproduce --figure 3 --scale smoke --output DIR    # on-policy curves (reuses Table 3's broad runs)
+
+Table 2 = the protocol plan of plan.py with these implementations:
 
     generate/t2_traces_unguided  base samples plain prompts of toy training problems; keep the correct ones
     generate/t2_traces_guided    base samples the same problems under the hint prompt with the clean
                                  solution; keep the correct ones, stored with the PLAIN prompt (D_sg)
     train/t2_sft_*               `sd-bench train sft` (in-process) on each traces file
-    evaluate/*                   lm-eval sd_toy_id, sd_toy_ood: avg@k, length, E(y), waits
-    render/table2                table2.{json,md,tex} with issue 5's guards as `sd-bench check` rules
+    evaluate/*                   lm-eval sd_toy_id, sd_toy_ood: avg@k, length (tokens), E(y) (= waits here)
+    render/table2                table2.{json,md,tex}, with issue 5's guards as `sd-bench check` rules
 
-Departures from the paper, all forced by the toy world or the CPU budget (each is a constant below):
+Tables 1 and 3 and Figure 3 have smoke-only plans (below): the toy base has no <think>, so the paper's
+c = s\\think and c = y_r rows have no counterpart, and the paper's model-specific on-policy entries collapse
+into one toy base. Table 1's rows are contexts none / answer / solution; Table 3 sweeps |D| = 1, 8, 64 and
+broad for SDPO (teacher sees the clean solution) and GRPO with `sd-bench train`'s on-policy loop.
+
+Departures from the paper, forced by the toy world or the CPU budget (each is a constant below):
 - c = s is the problem's clean solution (`Problem.solution`), not the model's own correct response: the
   toy base only learned hints in that format (world.py), and its own responses carry the gut answer.
 - sampling at temperature 1.0, top_p 1.0 (the toy world's; the paper evaluates at 0.6 / 0.95);
 - SFT: lr 1e-3 (the toy base was pretrained at 1.5e-3; 1e-5 would not move a 0.9M model in 24 steps),
   batch 32, 3 epochs, full fine-tuning in float32;
-- evaluation on the first EVAL_PROBLEMS problems of each toy set, k = EVAL_K.
+- on-policy: 4 prompts x 8 rollouts per step, T3_STEPS steps, one update per step, SDPO lr 1e-3, GRPO 1e-4
+  (1e-3 made GRPO's waits run away to the length limit), full-vocabulary JSD (the vocabulary is 23 tokens);
+- evaluation on the first EVAL_PROBLEMS (Table 3: T3_EVAL_PROBLEMS) problems of each toy set, k = EVAL_K.
 
 Determinism: every stage seeds itself from `--seed` (trace sampling uses its own torch.Generator, lm-eval
 gets the seed for python / numpy / torch, the trainer `run.seed`), and torch runs on SMOKE_THREADS threads,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from sd_bench.toy import world
-from sd_bench.toy.tokenizer import build_tokenizer, user_text
+from sd_bench.toy.tokenizer import build_tokenizer, save_tokenizer, user_text
 
 DEFAULT_STEPS = 2600
 LR, WARMUP, BATCH, WEIGHT_DECAY, CLIP = 1.5e-3, 100, 64, 0.01, 1.0
@@ -103,7 +103,7 @@ def save_atomic(model, tok, output: Path, provenance: dict) -> None:
     tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
+    save_tokenizer(tok, tmp)
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     old = output.with_name(f"{output.name}.old-{os.getpid()}")
     if output.exists():

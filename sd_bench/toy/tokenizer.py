@@ -72,10 +72,19 @@ def build_tokenizer():
     return tok
 
 
-def save_tokenizer(path: str | Path):
-    tok = build_tokenizer()
+def save_tokenizer(tok, path: str | Path) -> None:
+    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` in tokenizer_config.json.
+
+    transformers 5 writes its own name for it (`TokenizersBackend`), which transformers 4.x cannot load;
+    both load `PreTrainedTokenizerFast`.
+    """
+    import json
+
     tok.save_pretrained(str(path))
-    return tok
+    config_file = Path(path) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def user_text(question: str, hint: str | None = None) -> str:

@@ -6,7 +6,9 @@ A checkpoint is written to `.checkpoint-<step>.tmp-<pid>/`, every file fsynced, 
 
 Contents: the model (`model/`: a full HF folder, or the PEFT adapter for LoRA, loadable on its own), and
 `trainer_state.pt`: optimizer, scheduler, step, data-sampler position, EMA teacher weights, and the RNG
-states (python, numpy, torch) of every process (`rng-rank<r>.pt`).
+states (python, numpy, torch) of every process (`rng-rank<r>.pt`). Under FSDP the weights, the optimizer
+state (keyed by parameter name) and an EMA teacher are gathered to rank 0 first (sd_bench.train.distributed),
+so a checkpoint holds full tensors whatever the process count and resumes under another count or engine.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Data parallelism with the engines torch ships: DDP for LoRA, FSDP2 (`fully_shard`) for full fine-tuning.
 
 Launch: `torchrun --nproc-per-node N -m sd_bench.cli train ...` or
-`accelerate launch [--cpu] --num_processes N -m sd_bench.cli train ...`; both set RANK / WORLD_SIZE /
-LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Backend: gloo on CPU, nccl on GPU. One process: no engine at all.
-`distributed.strategy` picks the engine: auto = ddp for LoRA, fsdp for full fine-tuning.
+`accelerate launch --multi_gpu --num_processes N -m sd_bench.cli train ...` (accelerate hands this to
+torch.distributed.run; it also works on a CPU-only machine, with gloo). Both set RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Note: `accelerate launch --cpu --num_processes N` starts ONE process
+(accelerate runs several CPU processes only through MPI, `--mpirun_hostfile`). Backend: gloo on CPU, nccl on
+GPU. One process: no engine at all. `distributed.strategy` picks the engine: auto = ddp for LoRA, fsdp for
+full fine-tuning (ddp also works for full fine-tuning while a replica fits in one device's memory).
 
 Every process samples its shard of each global mini-batch; the engine makes the update equal to the one a
 single process would make on the whole mini-batch. Why each piece is here:
@@ -19,6 +22,8 @@ single process would make on the whole mini-batch. Why each piece is here:
 - Ranks hold different numbers of samples (SDPO drops samples without a successful sibling), but each
   engine forward/backward is a collective: every rank must run as many. The loops pad to the global maximum
   number of micro-batches with zero-weighted dummy micro-batches (`micro_batch_count`).
+- Teacher passes are no-grad and never go through DDP: the LoRA frozen teacher is peft's
+  `disable_adapter()` on the unwrapped model, the LoRA EMA teacher swaps adapter weights in place.
 - No-grad work whose count differs between ranks (HF `generate` stops at different lengths, per-rank
   log-prob passes) must not be a collective: DDP runs it on the unwrapped model; FSDP gathers every weight
   once (`inference()`), runs locally, then reshards.
@@ -30,8 +35,9 @@ single process would make on the whole mini-batch. Why each piece is here:
   `checkpoint-*/model/` stay plain HF folders; the optimizer state likewise (keyed by parameter name), and
   both are loaded back shard by shard on resume.
 
-FSDP2 runs on CPU with gloo in torch 2.13 (tests/test_train_multiprocess.py). Not done: FSDP + LoRA
-(rejected by config validation), mixed precision policies, CPU offload, HSDP.
+FSDP2 runs on CPU with gloo in torch 2.13 (tests/test_train_multiprocess.py: 2 processes == 1). Not done:
+FSDP + LoRA (rejected by config validation), mixed-precision policies, CPU offload, HSDP, and vLLM rollouts
+under several processes (rollout_vllm reads `state_dict()`, which holds shards under FSDP): untested.
 """
 
 from __future__ import annotations

@@ -257,12 +257,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             for k in range(count):
                 with engine.accumulate(sync=k == count - 1):
                     if k >= len(micros):  # padding: a zero-weighted pass, so the collectives line up
-                        loss, _ = _micro_loss(cfg, model, engine.train_module, teacher, [_dummy_item(pad_id)],
-                                              tokens_global, pad_id, dist.device)
+                        loss, _ = _micro_loss(cfg, model, teacher, [_dummy_item(pad_id)], tokens_global, pad_id,
+                                              dist.device, engine.train_module)
                         (loss * 0.0).backward()
                         continue
-                    loss, stats = _micro_loss(cfg, model, engine.train_module, teacher, micros[k],
-                                              tokens_global, pad_id, dist.device)
+                    loss, stats = _micro_loss(cfg, model, teacher, micros[k], tokens_global, pad_id,
+                                              dist.device, engine.train_module)
                     loss.backward()
                 loss_sum += float(loss.detach())
                 micro_tokens = sum(len(i.response_ids) for i in micros[k])
@@ -342,10 +342,13 @@ def _dummy_item(pad_id: int) -> Item:
     return Item([pad_id], [pad_id], [0.0], -1, teacher_prompt_ids=[pad_id], old_logprobs=torch.zeros(1))
 
 
-def _micro_loss(cfg, model, train_module, teacher, micro: list[Item], tokens_global: float, pad_id: int, device):
+def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pad_id: int, device,
+                train_module=None):
     """Loss of one micro-batch, already divided by the mini-batch's GLOBAL token count (so sums of
     micro-batch gradients over micro-batches and processes are the token-mean gradient). `model`: the plain
-    model (teacher passes, no grad, never through DDP); `train_module`: the engine's (student passes)."""
+    model (teacher passes, no grad, never through DDP); `train_module`: the engine's, for the student pass
+    (default `model`)."""
+    train_module = model if train_module is None else train_module
     responses = [i.response_ids for i in micro]
     old = torch.cat([i.old_logprobs for i in micro]).to(device)
     temperature = cfg.rollout.temperature

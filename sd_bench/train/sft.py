@@ -78,7 +78,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     if dist.main:
         resolve_model_path(cfg.model, run_dir)
     dist.barrier()
-    seed_everything(cfg.run.seed)  # the same LoRA init on every rank (an EMA teacher copies it before DDP)
+    seed_everything(cfg.run.seed)  # the same LoRA init on every rank
     model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
     if dist.rank:
         seed_everything(cfg.run.seed + dist.rank)  # then rank-local randomness
