@@ -47,9 +47,16 @@ def smoke(tmp_path_factory):
 
 @pytest.mark.slow
 def test_table2_smoke_files_and_non_degenerate(smoke):
-    for name in ("table2.json", "table2.md", "table2.tex", "traces/unguided.jsonl",
-                 "traces/solution_guided.jsonl", "runs/t2_sft_unguided/final/config.json",
-                 "runs/t2_sft_guided/metrics.jsonl", "eval/t2_base/samples.jsonl"):
+    for name in (
+        "table2.json",
+        "table2.md",
+        "table2.tex",
+        "traces/unguided.jsonl",
+        "traces/solution_guided.jsonl",
+        "runs/t2_sft_unguided/final/config.json",
+        "runs/t2_sft_guided/metrics.jsonl",
+        "eval/t2_base/samples.jsonl",
+    ):
         assert (smoke / name).is_file(), name
     assert len(list((smoke / "eval").glob("*/sd_toy_*.json"))) == 6
     # filtering and SFT really ran: correct traces, the guided ones without a wait
@@ -106,7 +113,8 @@ def test_check_passes_fresh_output_and_fails_a_planted_drop(smoke, tmp_path):
     assert main(["check", str(bad), "--against", str(fresh)]) == 1
     # guided SFT that kept its waits: out of tolerance, and the baseline's guard rule fails too
     planted = json.loads(fresh.read_text())
-    planted["conditions"]["t2_sft_guided"]["metrics"]["id_waits"] = planted["conditions"]["t2_base"]["metrics"][
-        "id_waits"]
+    planted["conditions"]["t2_sft_guided"]["metrics"]["id_waits"] = planted["conditions"]["t2_base"][
+        "metrics"
+    ]["id_waits"]
     bad.write_text(json.dumps(planted))
     assert main(["check", str(bad), "--against", str(fresh)]) == 1

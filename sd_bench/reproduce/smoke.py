@@ -85,7 +85,9 @@ SFT_OVERRIDES = (  # on top of recipes/sft.yaml + the trainer's smoke preset (se
 EVAL_TASKS = ("sd_toy_id", "sd_toy_ood")
 EVAL_PROBLEMS = 128  # first N problems of each toy eval set (lm-eval `limit`)
 EVAL_K = 4
-EVAL_BATCH = 64  # lm-eval HF batch size (64 was fastest on 1 CPU thread: 512 spends its time in KV-cache cats)
+EVAL_BATCH = (
+    64  # lm-eval HF batch size (64 was fastest on 1 CPU thread: 512 spends its time in KV-cache cats)
+)
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -110,7 +112,9 @@ def model_path(ctx: StageContext, ref: str | None) -> Path:
         return toy_base()
     path = ctx.path(ref)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"stage '{ctx.stage.name}': model {ref} has no config.json under {ctx.out_dir}")
+        raise FileNotFoundError(
+            f"stage '{ctx.stage.name}': model {ref} has no config.json under {ctx.out_dir}"
+        )
     return path
 
 
@@ -147,7 +151,7 @@ def sample_responses(base: Path, user_turns: list[str], seed: int, max_new: int)
     prompts = experiment.encode_prompts(tok, [render(tok, u) for u in user_turns])
     out: list[tuple[str, int]] = []
     for i in range(0, len(prompts), 256):
-        ids = experiment.sample(model, tok, prompts[i:i + 256], max_new, TEMPERATURE, gen)
+        ids = experiment.sample(model, tok, prompts[i : i + 256], max_new, TEMPERATURE, gen)
         out += [(experiment.decode_response(tok, r), experiment.response_length(tok, r)) for r in ids]
     return out
 
@@ -181,15 +185,26 @@ def generate_traces(ctx: StageContext) -> None:
         turns = [q.prompt for q in problems]
         seed = ctx.seed * 1000 + 1
     ctx.report(0, len(turns), "sampling")
-    responses = [text for text, _ in sample_responses(model_path(ctx, ctx.stage.model), turns, seed,
-                                                        p["max_new_tokens"])]
+    responses = [
+        text
+        for text, _ in sample_responses(model_path(ctx, ctx.stage.model), turns, seed, p["max_new_tokens"])
+    ]
     kept = []
     for q, r in zip(problems, responses):
         if grade(q.kind, r, q.answer).correct and len(kept) < p["keep_correct"]:
-            kept.append({"id": q.id, "prompt": q.prompt, "response": r, "answer": q.answer,
-                         "waits": epistemic_count(r)})
+            kept.append(
+                {
+                    "id": q.id,
+                    "prompt": q.prompt,
+                    "response": r,
+                    "answer": q.answer,
+                    "waits": epistemic_count(r),
+                }
+            )
     if not kept:
-        raise RuntimeError(f"no correct {p['traces']} trace among {len(responses)} samples: is the toy base trained?")
+        raise RuntimeError(
+            f"no correct {p['traces']} trace among {len(responses)} samples: is the toy base trained?"
+        )
     out = ctx.stage.outputs[0]
     ctx.write_text(out, _jsonl(kept))
     ctx.write_json(
@@ -235,7 +250,9 @@ def train_sft(ctx: StageContext) -> None:
         rc = train_cli.run(ns)
         if rc:
             raise RuntimeError(f"sd-bench train sft --scale smoke {' '.join(args)} exited with {rc}")
-        (tmp / "command.txt").write_text(f"sd-bench train sft --scale smoke --output runs/{cond} " + " ".join(args) + "\n")
+        (tmp / "command.txt").write_text(
+            f"sd-bench train sft --scale smoke --output runs/{cond} " + " ".join(args) + "\n"
+        )
 
 
 def _lm_eval_summary(res: dict) -> dict:
@@ -263,8 +280,9 @@ def evaluate(ctx: StageContext) -> None:
     path = model_path(ctx, ctx.stage.model)
     model_args = f"pretrained={path},dtype=float32"
     tasks = list(p["tasks"])
-    tm = lm_eval_tasks.task_manager(k=p["k"], max_gen_toks=p.get("max_gen_toks"), model_args=model_args,
-                                    include_defaults=False)
+    tm = lm_eval_tasks.task_manager(
+        k=p["k"], max_gen_toks=p.get("max_gen_toks"), model_args=model_args, include_defaults=False
+    )
     t0 = time.monotonic()
     res = lm_eval.simple_evaluate(
         model="hf",
@@ -291,10 +309,22 @@ def evaluate(ctx: StageContext) -> None:
             resps = s.get("filtered_resps") or s.get("resps") or []
             if len(resps) == 1 and isinstance(resps[0], (list, tuple)):
                 resps = resps[0]
-            rows.append({"task": task, "doc_id": s["doc_id"], "id": s["doc"].get("id"),
-                         "answer": s["doc"].get("answer"), "responses": [str(r) for r in resps],
-                         "acc": s.get("acc"), "epistemic_count": s.get("epistemic_count")})
-    sampling = {"temperature": p.get("temperature"), "top_p": p.get("top_p"), "max_gen_toks": p.get("max_gen_toks")}
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": s["doc_id"],
+                    "id": s["doc"].get("id"),
+                    "answer": s["doc"].get("answer"),
+                    "responses": [str(r) for r in resps],
+                    "acc": s.get("acc"),
+                    "epistemic_count": s.get("epistemic_count"),
+                }
+            )
+    sampling = {
+        "temperature": p.get("temperature"),
+        "top_p": p.get("top_p"),
+        "max_gen_toks": p.get("max_gen_toks"),
+    }
     results = {r["task"]: r for r in tables.from_lm_eval(raw, p["condition"], step=p.get("step"))}
     for out in ctx.stage.outputs:
         name = Path(out).stem
@@ -305,9 +335,16 @@ def evaluate(ctx: StageContext) -> None:
             continue
         if name not in results:
             raise RuntimeError(f"lm-eval returned no results for {name} (got {sorted(results)})")
-        stamped = provenance.stamp(results[name], model=str(ctx.stage.model), data=f"sd_bench.toy/{name}",
-                                   seed=ctx.seed, k=p["k"], sampling=sampling, wall_time_s=wall,
-                                   limit=p.get("limit"))
+        stamped = provenance.stamp(
+            results[name],
+            model=str(ctx.stage.model),
+            data=f"sd_bench.toy/{name}",
+            seed=ctx.seed,
+            k=p["k"],
+            sampling=sampling,
+            wall_time_s=wall,
+            limit=p.get("limit"),
+        )
         ctx.write_json(out, stamped)
 
 
@@ -330,21 +367,51 @@ def _columns(tasks=EVAL_TASKS) -> list:
 
 # issue 5's guards for Table 2, as `sd-bench check` rules on the table itself (lhs OP factor * rhs + offset)
 TABLE2_RULES = [
-    {"name": "SFT on guided traces kills waits (ID)", "op": "<", "factor": 0.2,
-     "lhs": "conditions.t2_sft_guided.metrics.id_waits", "rhs": "conditions.t2_base.metrics.id_waits"},
-    {"name": "SFT on guided traces shortens responses (ID)", "op": "<", "factor": 0.5,
-     "lhs": "conditions.t2_sft_guided.metrics.id_length", "rhs": "conditions.t2_base.metrics.id_length"},
-    {"name": "SFT on guided traces loses OOD accuracy", "op": "<", "offset": -0.1,
-     "lhs": "conditions.t2_sft_guided.metrics.ood_acc", "rhs": "conditions.t2_base.metrics.ood_acc"},
-    {"name": "SFT on unguided traces keeps waits (ID)", "op": ">", "factor": 0.5,
-     "lhs": "conditions.t2_sft_unguided.metrics.id_waits", "rhs": "conditions.t2_base.metrics.id_waits"},
-    {"name": "SFT on unguided traces beats guided OOD", "op": ">",
-     "lhs": "conditions.t2_sft_unguided.metrics.ood_acc", "rhs": "conditions.t2_sft_guided.metrics.ood_acc"},
+    {
+        "name": "SFT on guided traces kills waits (ID)",
+        "op": "<",
+        "factor": 0.2,
+        "lhs": "conditions.t2_sft_guided.metrics.id_waits",
+        "rhs": "conditions.t2_base.metrics.id_waits",
+    },
+    {
+        "name": "SFT on guided traces shortens responses (ID)",
+        "op": "<",
+        "factor": 0.5,
+        "lhs": "conditions.t2_sft_guided.metrics.id_length",
+        "rhs": "conditions.t2_base.metrics.id_length",
+    },
+    {
+        "name": "SFT on guided traces loses OOD accuracy",
+        "op": "<",
+        "offset": -0.1,
+        "lhs": "conditions.t2_sft_guided.metrics.ood_acc",
+        "rhs": "conditions.t2_base.metrics.ood_acc",
+    },
+    {
+        "name": "SFT on unguided traces keeps waits (ID)",
+        "op": ">",
+        "factor": 0.5,
+        "lhs": "conditions.t2_sft_unguided.metrics.id_waits",
+        "rhs": "conditions.t2_base.metrics.id_waits",
+    },
+    {
+        "name": "SFT on unguided traces beats guided OOD",
+        "op": ">",
+        "lhs": "conditions.t2_sft_unguided.metrics.ood_acc",
+        "rhs": "conditions.t2_sft_guided.metrics.ood_acc",
+    },
 ]
 
 
-def render_table(number: str, conditions: list[str], rows: list[tuple[str, str]], rules: list[dict],
-                 title: str, columns=None):
+def render_table(
+    number: str,
+    conditions: list[str],
+    rows: list[tuple[str, str]],
+    rules: list[dict],
+    title: str,
+    columns=None,
+):
     """Run callable of a smoke `render/tableN` stage: tables.build_table with the toy columns, the guards
     as rules (so `sd-bench check RESULT --against results/smoke/tableN.json` enforces them)."""
 
@@ -354,8 +421,15 @@ def render_table(number: str, conditions: list[str], rows: list[tuple[str, str]]
         results = [r for r in tables.find_results(ctx.path("eval")) if r["condition"] in set(conditions)]
         if not results:
             raise tables.ResultFileError(f"{ctx.path('eval')}: no result files for {', '.join(conditions)}")
-        table = tables.build_table(number, results, scale=ctx.scale, columns=columns or _columns(), rows=rows,
-                                   results_root=ctx.out_dir, title=title)
+        table = tables.build_table(
+            number,
+            results,
+            scale=ctx.scale,
+            columns=columns or _columns(),
+            rows=rows,
+            results_root=ctx.out_dir,
+            title=title,
+        )
         if rules:
             table["rules"] = rules
         prov = provenance.collect()
@@ -368,7 +442,9 @@ def render_table(number: str, conditions: list[str], rows: list[tuple[str, str]]
 def _base_info() -> dict[str, Any]:
     """Which toy base produced the numbers (its pretraining provenance, when present)."""
     base = toy_base()
-    info: dict[str, Any] = {"path": os.path.relpath(base, REPO_ROOT) if base.is_relative_to(REPO_ROOT) else "external"}
+    info: dict[str, Any] = {
+        "path": os.path.relpath(base, REPO_ROOT) if base.is_relative_to(REPO_ROOT) else "external"
+    }
     prov = base / "provenance.json"
     if prov.is_file():
         data = json.loads(prov.read_text())
@@ -390,32 +466,56 @@ def table2_smoke(req: PlanRequest):
     plan = protocol_plan(req)
     for st in plan.stages:
         if st.kind == "generate":
-            st.params.update(keep_correct=KEEP_CORRECT, candidates=TRACE_CANDIDATES, temperature=TEMPERATURE,
-                             top_p=TOP_P, max_new_tokens=MAX_NEW["id"],
-                             traces="solution_guided" if st.name.endswith("guided") and "unguided" not in st.name
-                             else "unguided")
+            st.params.update(
+                keep_correct=KEEP_CORRECT,
+                candidates=TRACE_CANDIDATES,
+                temperature=TEMPERATURE,
+                top_p=TOP_P,
+                max_new_tokens=MAX_NEW["id"],
+                traces="solution_guided"
+                if st.name.endswith("guided") and "unguided" not in st.name
+                else "unguided",
+            )
             st.outputs = st.outputs + (st.outputs[0].replace(".jsonl", ".stats.json"),)
             st.description = (
                 f"toy: sample {TRACE_CANDIDATES} training problems once "
-                + ("with the hint prompt carrying the clean solution (c = s), stored with the plain prompt"
-                   if st.params["traces"] == "solution_guided" else "with the plain prompt")
+                + (
+                    "with the hint prompt carrying the clean solution (c = s), stored with the plain prompt"
+                    if st.params["traces"] == "solution_guided"
+                    else "with the plain prompt"
+                )
                 + f"; keep up to {KEEP_CORRECT} correct"
             )
         elif st.kind == "train":
-            st.params["overrides"] = {**st.params.get("overrides", {}),
-                                      **dict(o.split("=", 1) for o in SFT_OVERRIDES)}
+            st.params["overrides"] = {
+                **st.params.get("overrides", {}),
+                **dict(o.split("=", 1) for o in SFT_OVERRIDES),
+            }
         elif st.kind == "evaluate":
-            st.params.update(k=EVAL_K, limit=EVAL_PROBLEMS, temperature=TEMPERATURE, top_p=TOP_P,
-                             max_gen_toks=None, batch_size=EVAL_BATCH)
-            st.outputs = tuple(o for o in st.outputs) + (str(Path(st.outputs[0]).parent / "lm_eval_results.json"),)
-            st.description = (f"lm-eval {', '.join(st.params['tasks'])} (HF): avg@{EVAL_K} on the first "
-                              f"{EVAL_PROBLEMS} problems, length, E(y), waits")
+            st.params.update(
+                k=EVAL_K,
+                limit=EVAL_PROBLEMS,
+                temperature=TEMPERATURE,
+                top_p=TOP_P,
+                max_gen_toks=None,
+                batch_size=EVAL_BATCH,
+            )
+            st.outputs = tuple(o for o in st.outputs) + (
+                str(Path(st.outputs[0]).parent / "lm_eval_results.json"),
+            )
+            st.description = (
+                f"lm-eval {', '.join(st.params['tasks'])} (HF): avg@{EVAL_K} on the first "
+                f"{EVAL_PROBLEMS} problems, length, E(y), waits"
+            )
         elif st.kind == "render":
             st.run = render_table(
                 "2",
                 ["t2_base", "t2_sft_unguided", "t2_sft_guided"],
-                [("t2_base", "base"), ("t2_sft_unguided", "SFT on unguided traces"),
-                 ("t2_sft_guided", "SFT on solution-guided traces")],
+                [
+                    ("t2_base", "base"),
+                    ("t2_sft_unguided", "SFT on unguided traces"),
+                    ("t2_sft_guided", "SFT on solution-guided traces"),
+                ],
                 TABLE2_RULES,
                 "SFT on correct traces, toy world (avg@4 in %, length in tokens, E(y) = waits per response)",
             )
@@ -460,12 +560,25 @@ def t1_select(ctx: StageContext) -> None:
     kept = []
     lo, hi = p["solve_rate"]
     for i, q in enumerate(cands):
-        rate = sum(grade(q.kind, t, q.answer).correct for t, _ in resp[i * p["k"]:(i + 1) * p["k"]]) / p["k"]
+        rate = (
+            sum(grade(q.kind, t, q.answer).correct for t, _ in resp[i * p["k"] : (i + 1) * p["k"]]) / p["k"]
+        )
         if lo <= rate <= hi and len(kept) < p["problems"]:
-            kept.append({"id": q.id, "question": q.question, "prompt": q.prompt, "answer": q.answer,
-                         "solution": q.solution, "kind": q.kind, "solve_rate": rate})
+            kept.append(
+                {
+                    "id": q.id,
+                    "question": q.question,
+                    "prompt": q.prompt,
+                    "answer": q.answer,
+                    "solution": q.solution,
+                    "kind": q.kind,
+                    "solve_rate": rate,
+                }
+            )
     if not kept:
-        raise RuntimeError(f"no toy problem with solve rate in [{lo}, {hi}] among {len(cands)}: is the base trained?")
+        raise RuntimeError(
+            f"no toy problem with solve rate in [{lo}, {hi}] among {len(cands)}: is the base trained?"
+        )
     ctx.write_text(ctx.stage.outputs[0], _jsonl(kept))
 
 
@@ -478,17 +591,34 @@ def t1_generate(ctx: StageContext) -> None:
     _threads()
     p = ctx.stage.params
     cond = p["condition"]
-    probs = [Problem(id=r["id"], question=r["question"], prompt=r["prompt"], answer=r["answer"],
-                     solution=r["solution"], kind=r["kind"], source="sd_bench.toy/train")
-             for r in _read_jsonl(ctx.path(ctx.stage.inputs[0]))]
+    probs = [
+        Problem(
+            id=r["id"],
+            question=r["question"],
+            prompt=r["prompt"],
+            answer=r["answer"],
+            solution=r["solution"],
+            kind=r["kind"],
+            source="sd_bench.toy/train",
+        )
+        for r in _read_jsonl(ctx.path(ctx.stage.inputs[0]))
+    ]
     turns = [_t1_turn(cond, q) for q in probs for _ in range(p["k"])]
     seed = ctx.seed * 1000 + 20 + list(T1_CONTEXTS).index(cond)
     resp = sample_responses(model_path(ctx, ctx.stage.model), turns, seed, MAX_NEW["id"])
     rows = []
     for i, (text, n) in enumerate(resp):
         q = probs[i // p["k"]]
-        rows.append({"id": q.id, "context": cond, "response": text, "tokens": n,
-                     "correct": grade(q.kind, text, q.answer).correct, "waits": epistemic_count(text)})
+        rows.append(
+            {
+                "id": q.id,
+                "context": cond,
+                "response": text,
+                "tokens": n,
+                "correct": grade(q.kind, text, q.answer).correct,
+                "waits": epistemic_count(text),
+            }
+        )
     ctx.write_text(ctx.stage.outputs[0], _jsonl(rows))
 
 
@@ -508,24 +638,61 @@ def t1_evaluate(ctx: StageContext) -> None:
         }
         counts = [marker_counts(r["response"]) for r in rows]
         metrics.update({f"marker_{m}": sum(c[m] for c in counts) / n for m in MARKERS})
-        result = tables.make_result(cond, "toy_probe", metrics, n_problems=len({r["id"] for r in rows}),
-                                    k=T1_K, provenance={"samples": src})
-        ctx.write_json(out, provenance.stamp(result, model="sd_bench/toy/base", data="sd_bench.toy/train",
-                                             seed=ctx.seed, k=T1_K,
-                                             sampling={"temperature": TEMPERATURE, "top_p": TOP_P}))
+        result = tables.make_result(
+            cond,
+            "toy_probe",
+            metrics,
+            n_problems=len({r["id"] for r in rows}),
+            k=T1_K,
+            provenance={"samples": src},
+        )
+        ctx.write_json(
+            out,
+            provenance.stamp(
+                result,
+                model="sd_bench/toy/base",
+                data="sd_bench.toy/train",
+                seed=ctx.seed,
+                k=T1_K,
+                sampling={"temperature": TEMPERATURE, "top_p": TOP_P},
+            ),
+        )
 
 
 TABLE1_RULES = [
-    {"name": "c = s removes waits", "op": "<", "factor": 0.2,
-     "lhs": "conditions.t1_solution.metrics.toy_epistemic", "rhs": "conditions.t1_none.metrics.toy_epistemic"},
-    {"name": "c = s shortens responses", "op": "<", "factor": 0.5,
-     "lhs": "conditions.t1_solution.metrics.toy_length", "rhs": "conditions.t1_none.metrics.toy_length"},
-    {"name": "c = s solves more", "op": ">", "offset": 0.3,
-     "lhs": "conditions.t1_solution.metrics.toy_score", "rhs": "conditions.t1_none.metrics.toy_score"},
-    {"name": "c = answer: waits between c = s and none (upper)", "op": "<",
-     "lhs": "conditions.t1_answer.metrics.toy_epistemic", "rhs": "conditions.t1_none.metrics.toy_epistemic"},
-    {"name": "c = answer: waits between c = s and none (lower)", "op": ">",
-     "lhs": "conditions.t1_answer.metrics.toy_epistemic", "rhs": "conditions.t1_solution.metrics.toy_epistemic"},
+    {
+        "name": "c = s removes waits",
+        "op": "<",
+        "factor": 0.2,
+        "lhs": "conditions.t1_solution.metrics.toy_epistemic",
+        "rhs": "conditions.t1_none.metrics.toy_epistemic",
+    },
+    {
+        "name": "c = s shortens responses",
+        "op": "<",
+        "factor": 0.5,
+        "lhs": "conditions.t1_solution.metrics.toy_length",
+        "rhs": "conditions.t1_none.metrics.toy_length",
+    },
+    {
+        "name": "c = s solves more",
+        "op": ">",
+        "offset": 0.3,
+        "lhs": "conditions.t1_solution.metrics.toy_score",
+        "rhs": "conditions.t1_none.metrics.toy_score",
+    },
+    {
+        "name": "c = answer: waits between c = s and none (upper)",
+        "op": "<",
+        "lhs": "conditions.t1_answer.metrics.toy_epistemic",
+        "rhs": "conditions.t1_none.metrics.toy_epistemic",
+    },
+    {
+        "name": "c = answer: waits between c = s and none (lower)",
+        "op": ">",
+        "lhs": "conditions.t1_answer.metrics.toy_epistemic",
+        "rhs": "conditions.t1_solution.metrics.toy_epistemic",
+    },
 ]
 
 
@@ -536,31 +703,74 @@ def table1_smoke(req: PlanRequest) -> list[Stage]:
     from sd_bench.tables import Column
 
     base = "sd_bench/toy/base"
-    stages = [Stage(
-        "generate/t1_select", "generate",
-        f"sample {T1_K} plain responses for {T1_CANDIDATES} toy training problems; keep up to {T1_PROBLEMS} "
-        "with solve rate in [1/8, 4/8]",
-        inputs=(base,), outputs=("probe/selection.jsonl",), model=base, est_seconds=8.0, run=t1_select,
-        params={"k": T1_K, "candidates": T1_CANDIDATES, "problems": T1_PROBLEMS, "solve_rate": [1 / 8, 4 / 8]})]
+    stages = [
+        Stage(
+            "generate/t1_select",
+            "generate",
+            f"sample {T1_K} plain responses for {T1_CANDIDATES} toy training problems; keep up to {T1_PROBLEMS} "
+            "with solve rate in [1/8, 4/8]",
+            inputs=(base,),
+            outputs=("probe/selection.jsonl",),
+            model=base,
+            est_seconds=8.0,
+            run=t1_select,
+            params={
+                "k": T1_K,
+                "candidates": T1_CANDIDATES,
+                "problems": T1_PROBLEMS,
+                "solve_rate": [1 / 8, 4 / 8],
+            },
+        )
+    ]
     for cond, label in T1_CONTEXTS.items():
-        stages.append(Stage(
-            f"generate/{cond}", "generate", f"{T1_K} samples per selected problem, context: {label}",
-            inputs=("probe/selection.jsonl",), outputs=(f"probe/{cond}.jsonl",), model=base, est_seconds=2.0,
-            run=t1_generate, params={"condition": cond, "k": T1_K, "temperature": TEMPERATURE}))
-    stages.append(Stage(
-        "evaluate/t1", "evaluate", "grade (toy checker), length (tokens), E(y) per context",
-        inputs=tuple(f"probe/{c}.jsonl" for c in T1_CONTEXTS),
-        outputs=tuple(f"eval/{c}/toy_probe.json" for c in T1_CONTEXTS), est_seconds=1.0, run=t1_evaluate))
-    cols = [Column("toy_score", "score", "toy_probe", "acc", 1.0, 2),
-            Column("toy_length", "length (tokens)", "toy_probe", "response_tokens", 1.0, 1),
-            Column("toy_epistemic", "E(y)", "toy_probe", "epistemic_count", 1.0, 2)]
-    stages.append(Stage(
-        "render/table1", "render", "Table 1 (toy): ours; the paper's table beside it",
-        inputs=tuple(f"eval/{c}/toy_probe.json" for c in T1_CONTEXTS),
-        outputs=("table1.json", "table1.md", "table1.tex"), est_seconds=1.0,
-        run=render_table("1", list(T1_CONTEXTS), list(T1_CONTEXTS.items()), TABLE1_RULES,
-                         "Context richness, toy world (toy training problems with solve rate in [1/8, 4/8]; "
-                         f"{T1_K} samples each)", columns=cols)))
+        stages.append(
+            Stage(
+                f"generate/{cond}",
+                "generate",
+                f"{T1_K} samples per selected problem, context: {label}",
+                inputs=("probe/selection.jsonl",),
+                outputs=(f"probe/{cond}.jsonl",),
+                model=base,
+                est_seconds=2.0,
+                run=t1_generate,
+                params={"condition": cond, "k": T1_K, "temperature": TEMPERATURE},
+            )
+        )
+    stages.append(
+        Stage(
+            "evaluate/t1",
+            "evaluate",
+            "grade (toy checker), length (tokens), E(y) per context",
+            inputs=tuple(f"probe/{c}.jsonl" for c in T1_CONTEXTS),
+            outputs=tuple(f"eval/{c}/toy_probe.json" for c in T1_CONTEXTS),
+            est_seconds=1.0,
+            run=t1_evaluate,
+        )
+    )
+    cols = [
+        Column("toy_score", "score", "toy_probe", "acc", 1.0, 2),
+        Column("toy_length", "length (tokens)", "toy_probe", "response_tokens", 1.0, 1),
+        Column("toy_epistemic", "E(y)", "toy_probe", "epistemic_count", 1.0, 2),
+    ]
+    stages.append(
+        Stage(
+            "render/table1",
+            "render",
+            "Table 1 (toy): ours; the paper's table beside it",
+            inputs=tuple(f"eval/{c}/toy_probe.json" for c in T1_CONTEXTS),
+            outputs=("table1.json", "table1.md", "table1.tex"),
+            est_seconds=1.0,
+            run=render_table(
+                "1",
+                list(T1_CONTEXTS),
+                list(T1_CONTEXTS.items()),
+                TABLE1_RULES,
+                "Context richness, toy world (toy training problems with solve rate in [1/8, 4/8]; "
+                f"{T1_K} samples each)",
+                columns=cols,
+            ),
+        )
+    )
     return stages
 
 
@@ -582,7 +792,10 @@ ONPOLICY_OVERRIDES = (  # on top of the recipe + the trainer's smoke preset
     "loss.top_k=null",  # the toy vocabulary (23) is smaller than the paper's top-100: full vocabulary
     "teacher.max_prompt_tokens=256",
 )
-ONPOLICY_LR = {"sdpo": "1e-3", "grpo": "1e-4"}  # the toy base was pretrained at 1.5e-3; GRPO at 1e-3 diverged (runaway waits)
+ONPOLICY_LR = {
+    "sdpo": "1e-3",
+    "grpo": "1e-4",
+}  # the toy base was pretrained at 1.5e-3; GRPO at 1e-3 diverged (runaway waits)
 
 
 def t3_data(ctx: StageContext) -> None:
@@ -593,8 +806,18 @@ def t3_data(ctx: StageContext) -> None:
         size = Path(out).stem.removeprefix("toy_train")
         problems = world.coverage_set("broad" if size == "broad" else int(size), seed=0)
         reps = {"1": 64, "8": 8}.get(size, 1)
-        rows = [{"id": q.id, "question": q.question, "prompt": q.prompt, "answer": q.answer,
-                 "solution": q.solution, "kind": q.kind} for _ in range(reps) for q in problems]
+        rows = [
+            {
+                "id": q.id,
+                "question": q.question,
+                "prompt": q.prompt,
+                "answer": q.answer,
+                "solution": q.solution,
+                "kind": q.kind,
+            }
+            for _ in range(reps)
+            for q in problems
+        ]
         ctx.write_text(out, _jsonl(rows))
 
 
@@ -607,50 +830,110 @@ def train_onpolicy(ctx: StageContext) -> None:
     _threads()
     p = ctx.stage.params
     cond = p["condition"]
-    args = [f"model.path={model_path(ctx, ctx.stage.model)}", f"data.name={ctx.path(ctx.stage.inputs[-1])}",
-            f"run.seed={ctx.seed}", f"run.max_steps={p['steps']}", f"run.save_every={p['steps']}",
-            f"optim.lr={ONPOLICY_LR['grpo' if ctx.stage.recipe == 'grpo' else 'sdpo']}", *ONPOLICY_OVERRIDES,
-            *p.get("extra", ())]
+    args = [
+        f"model.path={model_path(ctx, ctx.stage.model)}",
+        f"data.name={ctx.path(ctx.stage.inputs[-1])}",
+        f"run.seed={ctx.seed}",
+        f"run.max_steps={p['steps']}",
+        f"run.save_every={p['steps']}",
+        f"optim.lr={ONPOLICY_LR['grpo' if ctx.stage.recipe == 'grpo' else 'sdpo']}",
+        *ONPOLICY_OVERRIDES,
+        *p.get("extra", ()),
+    ]
     with ctx.atomic_dir(f"runs/{cond}") as tmp:
         parser = argparse.ArgumentParser(prog="sd-bench train")
         train_cli.add_arguments(parser)
         ns = parser.parse_args(["--scale", "smoke", "--output", str(tmp), ctx.stage.recipe, *args])
         if train_cli.run(ns):
             raise RuntimeError(f"sd-bench train {ctx.stage.recipe} {' '.join(args)} failed")
-        (tmp / "command.txt").write_text(f"sd-bench train {ctx.stage.recipe} --scale smoke --output runs/{cond} "
-                                         + " ".join(args) + "\n")
+        (tmp / "command.txt").write_text(
+            f"sd-bench train {ctx.stage.recipe} --scale smoke --output runs/{cond} " + " ".join(args) + "\n"
+        )
 
 
 def _eval_stage(cond: str, model: str, inputs=(), step=None, limit=EVAL_PROBLEMS) -> Stage:
     where = f"eval/{cond}"
     return Stage(
-        f"evaluate/{cond}", "evaluate", f"lm-eval {', '.join(EVAL_TASKS)} (HF): avg@{EVAL_K} on {limit} problems",
-        inputs=inputs, outputs=tuple(f"{where}/{t}.json" for t in EVAL_TASKS)
+        f"evaluate/{cond}",
+        "evaluate",
+        f"lm-eval {', '.join(EVAL_TASKS)} (HF): avg@{EVAL_K} on {limit} problems",
+        inputs=inputs,
+        outputs=tuple(f"{where}/{t}.json" for t in EVAL_TASKS)
         + (f"{where}/samples.jsonl", f"{where}/lm_eval_results.json"),
-        model=model, est_seconds=10.0, run=evaluate,
-        params={"condition": cond, "tasks": list(EVAL_TASKS), "k": EVAL_K, "limit": limit, "step": step,
-                "temperature": TEMPERATURE, "top_p": TOP_P, "max_gen_toks": None, "batch_size": EVAL_BATCH})
+        model=model,
+        est_seconds=10.0,
+        run=evaluate,
+        params={
+            "condition": cond,
+            "tasks": list(EVAL_TASKS),
+            "k": EVAL_K,
+            "limit": limit,
+            "step": step,
+            "temperature": TEMPERATURE,
+            "top_p": TOP_P,
+            "max_gen_toks": None,
+            "batch_size": EVAL_BATCH,
+        },
+    )
 
 
 def _train_stage(cond: str, recipe: str, data: str, extra=()) -> Stage:
     return Stage(
-        f"train/{cond}", "train", f"sd-bench train {recipe}: {T3_STEPS} steps x 4 prompts x 8 rollouts on {data}",
-        inputs=("sd_bench/toy/base", data), outputs=(f"runs/{cond}/metrics.jsonl", f"runs/{cond}/final"),
-        model="sd_bench/toy/base", recipe=recipe, est_seconds=40.0, run=train_onpolicy,
-        params={"condition": cond, "steps": T3_STEPS, "extra": list(extra)})
+        f"train/{cond}",
+        "train",
+        f"sd-bench train {recipe}: {T3_STEPS} steps x 4 prompts x 8 rollouts on {data}",
+        inputs=("sd_bench/toy/base", data),
+        outputs=(f"runs/{cond}/metrics.jsonl", f"runs/{cond}/final"),
+        model="sd_bench/toy/base",
+        recipe=recipe,
+        est_seconds=40.0,
+        run=train_onpolicy,
+        params={"condition": cond, "steps": T3_STEPS, "extra": list(extra)},
+    )
 
 
 T3_RULES = [  # issue 5's guards that hold after T3_STEPS steps (the training-score ones need ~60 steps)
-    {"name": "narrow SD (|D| = 8) kills waits", "op": "<", "factor": 0.2,
-     "lhs": "conditions.cov_d8_sdpo.metrics.id_waits", "rhs": "conditions.t3_base.metrics.id_waits"},
-    {"name": "narrow SD (|D| = 8) loses held-out ID accuracy", "op": "<", "offset": -0.15,
-     "lhs": "conditions.cov_d8_sdpo.metrics.id_acc", "rhs": "conditions.t3_base.metrics.id_acc"},
-    {"name": "GRPO (|D| = 8) keeps OOD above SD", "op": ">", "offset": 0.15,
-     "lhs": "conditions.cov_d8_grpo.metrics.ood_acc", "rhs": "conditions.cov_d8_sdpo.metrics.ood_acc"},
-    {"name": "GRPO (broad) waits above base", "op": ">",
-     "lhs": "conditions.cov_dbroad_grpo.metrics.id_waits", "rhs": "conditions.t3_base.metrics.id_waits"},
-    {"name": "SD (broad) OOD below base", "op": "<", "offset": -0.1,
-     "lhs": "conditions.cov_dbroad_sdpo.metrics.ood_acc", "rhs": "conditions.t3_base.metrics.ood_acc"},
+    {
+        "name": "narrow SD (|D| = 8) kills waits",
+        "op": "<",
+        "factor": 0.2,
+        "lhs": "conditions.cov_d8_sdpo.metrics.id_waits",
+        "rhs": "conditions.t3_base.metrics.id_waits",
+    },
+    {
+        "name": "narrow SD (|D| = 8) loses held-out ID accuracy",
+        "op": "<",
+        "offset": -0.15,
+        "lhs": "conditions.cov_d8_sdpo.metrics.id_acc",
+        "rhs": "conditions.t3_base.metrics.id_acc",
+    },
+    {
+        "name": "GRPO (|D| = 8) keeps OOD above SD",
+        "op": ">",
+        "offset": 0.15,
+        "lhs": "conditions.cov_d8_grpo.metrics.ood_acc",
+        "rhs": "conditions.cov_d8_sdpo.metrics.ood_acc",
+    },
+    {
+        "name": "GRPO (broad) waits above base",
+        "op": ">",
+        "lhs": "conditions.cov_dbroad_grpo.metrics.id_waits",
+        "rhs": "conditions.t3_base.metrics.id_waits",
+    },
+    {
+        "name": "narrow SD (|D| = 1) fits its problem fast",
+        "op": ">",
+        "offset": 0.3,
+        "lhs": "conditions.cov_d1_sdpo.metrics.train_score",
+        "rhs": "conditions.cov_d1_sdpo.metrics.train_first",
+    },
+    {
+        "name": "SD (broad) OOD below base",
+        "op": "<",
+        "offset": -0.1,
+        "lhs": "conditions.cov_dbroad_sdpo.metrics.ood_acc",
+        "rhs": "conditions.t3_base.metrics.ood_acc",
+    },
 ]
 
 
@@ -660,25 +943,39 @@ def table3_smoke(req: PlanRequest) -> list[Stage]:
     from sd_bench.tables import Column
 
     data = tuple(f"data/toy_train{s}.jsonl" for s in T3_SIZES)
-    stages = [Stage("generate/t3_data", "generate", "toy coverage sets as trainer JSONL", outputs=data,
-                    est_seconds=1.0, run=t3_data),
-              _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS)]
+    stages = [
+        Stage(
+            "generate/t3_data",
+            "generate",
+            "toy coverage sets as trainer JSONL",
+            outputs=data,
+            est_seconds=1.0,
+            run=t3_data,
+        ),
+        _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS),
+    ]
     conds = []
     for s, d in zip(T3_SIZES, data):
         for method, recipe in (("grpo", "grpo"), ("sdpo", "sdpo_reference")):
             cond = f"cov_d{s}_{method}"
             conds.append(cond)
             stages.append(_train_stage(cond, recipe, d))
-            stages.append(_eval_stage(cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",),
-                                      limit=T3_EVAL_PROBLEMS))
-    cols = [Column("train_first", "train score @1", "train_first", "score", 1.0, 2),
-            Column("train_score", f"train score @{T3_STEPS}", "train", "score", 1.0, 2),
-            Column("id_acc", "ID acc (%)", "sd_toy_id", "acc", 100.0, 1),
-            Column("ood_acc", "OOD acc (%)", "sd_toy_ood", "acc", 100.0, 1),
-            Column("id_waits", "ID E(y)", "sd_toy_id", "epistemic_count", 1.0, 2)]
+            stages.append(
+                _eval_stage(
+                    cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",), limit=T3_EVAL_PROBLEMS
+                )
+            )
+    cols = [
+        Column("train_first", "train score @1", "train_first", "score", 1.0, 2),
+        Column("train_score", f"train score @{T3_STEPS}", "train", "score", 1.0, 2),
+        Column("id_acc", "ID acc (%)", "sd_toy_id", "acc", 100.0, 1),
+        Column("ood_acc", "OOD acc (%)", "sd_toy_ood", "acc", 100.0, 1),
+        Column("id_waits", "ID E(y)", "sd_toy_id", "epistemic_count", 1.0, 2),
+    ]
     rows = [("t3_base", "base (no training)")] + [
         (c, f"|D| = {c.split('_')[1][1:]}, {'SDPO (c = solution)' if c.endswith('sdpo') else 'GRPO'}")
-        for c in conds]
+        for c in conds
+    ]
 
     def render(ctx: StageContext) -> None:
         from sd_bench import tables
@@ -688,14 +985,32 @@ def table3_smoke(req: PlanRequest) -> list[Stage]:
             if r is not None:
                 ctx.write_json(f"eval/{c}/train.json", r)
             first = _read_jsonl(ctx.path(f"runs/{c}/metrics.jsonl"))[0]  # the base's score on the same set
-            ctx.write_json(f"eval/{c}/train_first.json", tables.make_result(
-                c, "train_first", {"score": first["score"]}, n_problems=None, k=None, step=first["step"]))
-        render_table("3", ["t3_base", *conds], rows, T3_RULES, "Task coverage sweep, toy world "
-                     f"({T3_STEPS} steps; train score = last step's mean reward)", columns=cols)(ctx)
+            ctx.write_json(
+                f"eval/{c}/train_first.json",
+                tables.make_result(
+                    c, "train_first", {"score": first["score"]}, n_problems=None, k=None, step=first["step"]
+                ),
+            )
+        render_table(
+            "3",
+            ["t3_base", *conds],
+            rows,
+            T3_RULES,
+            f"Task coverage sweep, toy world ({T3_STEPS} steps; train score = last step's mean reward)",
+            columns=cols,
+        )(ctx)
 
-    stages.append(Stage("render/table3", "render", "Table 3 (toy): train score, held-out ID / OOD",
-                        inputs=tuple(f"runs/{c}/metrics.jsonl" for c in conds),
-                        outputs=("table3.json", "table3.md", "table3.tex"), est_seconds=1.0, run=render))
+    stages.append(
+        Stage(
+            "render/table3",
+            "render",
+            "Table 3 (toy): train score, held-out ID / OOD",
+            inputs=tuple(f"runs/{c}/metrics.jsonl" for c in conds),
+            outputs=("table3.json", "table3.md", "table3.tex"),
+            est_seconds=1.0,
+            run=render,
+        )
+    )
     return stages
 
 
@@ -713,13 +1028,22 @@ FIG_RUNS = {  # condition -> (recipe, label); cov_dbroad_* are Table 3's runs (r
 def figure3_smoke(req: PlanRequest) -> list[Stage]:
     """Training score, length, E(y) over steps (metrics.jsonl) and held-out OOD accuracy at 0 and the end."""
     data = "data/toy_trainbroad.jsonl"
-    stages = [Stage("generate/t3_data", "generate", "toy coverage sets as trainer JSONL",
-                    outputs=tuple(f"data/toy_train{s}.jsonl" for s in T3_SIZES), est_seconds=1.0, run=t3_data),
-              _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS)]
+    stages = [
+        Stage(
+            "generate/t3_data",
+            "generate",
+            "toy coverage sets as trainer JSONL",
+            outputs=tuple(f"data/toy_train{s}.jsonl" for s in T3_SIZES),
+            est_seconds=1.0,
+            run=t3_data,
+        ),
+        _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS),
+    ]
     for cond, (recipe, _) in FIG_RUNS.items():
         stages.append(_train_stage(cond, recipe, data))
-        stages.append(_eval_stage(cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",),
-                                  limit=T3_EVAL_PROBLEMS))
+        stages.append(
+            _eval_stage(cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",), limit=T3_EVAL_PROBLEMS)
+        )
 
     def render(ctx: StageContext) -> None:
         from sd_bench import plots, tables
@@ -730,11 +1054,23 @@ def figure3_smoke(req: PlanRequest) -> list[Stage]:
         for cond, (_, label) in FIG_RUNS.items():
             runs[label] = ctx.path(f"runs/{cond}/metrics.jsonl")
             points[label] = [(0, base), (T3_STEPS, results[(cond, "sd_toy_ood")]["metrics"]["acc"])]
-        plots.plot_training_curves(runs, ctx.path("figure3"), eval_points=points,
-                                   eval_label=f"OOD avg@{EVAL_K} (sd_toy_ood)",
-                                   title=f"Figure 3 (smoke): toy world, broad coverage, {T3_STEPS} steps")
+        plots.plot_training_curves(
+            runs,
+            ctx.path("figure3"),
+            eval_points=points,
+            eval_label=f"OOD avg@{EVAL_K} (sd_toy_ood)",
+            title=f"Figure 3 (smoke): toy world, broad coverage, {T3_STEPS} steps",
+        )
 
-    stages.append(Stage("render/figure3", "render", "on-policy curves: SD (none / answer / solution) vs GRPO",
-                        inputs=tuple(f"runs/{c}/metrics.jsonl" for c in FIG_RUNS),
-                        outputs=("figure3.png", "figure3.svg"), est_seconds=2.0, run=render))
+    stages.append(
+        Stage(
+            "render/figure3",
+            "render",
+            "on-policy curves: SD (none / answer / solution) vs GRPO",
+            inputs=tuple(f"runs/{c}/metrics.jsonl" for c in FIG_RUNS),
+            outputs=("figure3.png", "figure3.svg"),
+            est_seconds=2.0,
+            run=render,
+        )
+    )
     return stages

@@ -45,7 +45,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # a set name for sd_bench.data.load_problems ("dapo_math_17k", "seen_64", ...), "smoke" (8 built-in
+    # a set name for sd_bench.data.load_problems ("dapo_math_17k", "dapo_seen_64", ...), "smoke" (8 built-in
     # arithmetic problems), or a JSONL of {id, question|prompt, answer, solution} (SFT: {prompt|question, response})
     name: str = "dapo_math_17k"
     max_problems: int | None = None  # keep only the first N (after loading, before shuffling)

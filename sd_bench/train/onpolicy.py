@@ -85,10 +85,10 @@ def problems_from_jsonl(path: Path) -> list[Problem]:
 
 
 def load_training_problems(cfg: DataConfig) -> list[Problem]:
-    """`smoke`, a JSONL path, or a set name for sd_bench.data.load_problems."""
+    """`smoke`, a JSONL path, or a set name / parquet path for sd_bench.data.load_problems."""
     if cfg.name == "smoke":
         problems = smoke_problems()
-    elif cfg.name.endswith((".jsonl", ".json")) or Path(cfg.name).is_file():
+    elif cfg.name.endswith((".jsonl", ".json")):
         problems = problems_from_jsonl(Path(cfg.name))
     else:
         from sd_bench.data import load_problems
