@@ -35,11 +35,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from sd_bench import atomic
 
 RESULT_SCHEMA = "sd-bench/result/v1"
 TABLE_SCHEMA = "sd-bench/table/v1"
@@ -54,22 +55,11 @@ class ResultFileError(ValueError):
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:
-    """Write via a temporary file in the same folder + os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_text(path, text)
 
 
 def write_json_atomic(path: Path | str, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return atomic.write_json(path, data)
 
 
 def read_json(path: Path | str) -> Any:

@@ -37,18 +37,16 @@ These are for planning, not promises: an on-policy run is an upper bound because
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import os
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sd_bench import atomic
 from sd_bench.tables import write_json_atomic, write_text_atomic
 
 SCALES = ("smoke", "small", "paper")
@@ -765,21 +763,9 @@ class StageContext:
     def write_text(self, rel: str, text: str) -> Path:
         return write_text_atomic(self.path(rel), text)
 
-    @contextlib.contextmanager
-    def atomic_dir(self, rel: str) -> Iterator[Path]:
+    def atomic_dir(self, rel: str):
         """Yield a temporary folder; on success it replaces `rel` in one rename (no half-written folder)."""
-        final = self.path(rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            yield tmp
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return atomic.atomic_dir(self.path(rel))
 
 
 def _marker(out_dir: Path, stage: Stage) -> Path:

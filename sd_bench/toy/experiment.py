@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import random
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sd_bench import atomic
 from sd_bench.markers import epistemic_count
 from sd_bench.prompts import render, sdpo_teacher_prompt
 from sd_bench.toy import BASE_DIR, world
@@ -381,9 +381,5 @@ def main(args) -> int:
     result = run_experiment(args.base, steps=args.steps, seeds=args.seeds, runs=args.runs)
     print(markdown_table(result))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        atomic.write_json(args.out, result, indent=1)
     return 0

@@ -86,6 +86,9 @@ class LossConfig:
     chunk_size: int = 1024  # tokens per chunk of the [tokens, vocab] log-softmax
     clip_low: float = 0.2  # GRPO (paper 0.2 / 0.28)
     clip_high: float = 0.28
+    # remedy (not in the paper): leave the tokens of epistemic markers (sd_bench.markers.MARKERS) out of the
+    # SD loss (mask 0; the token-mean denominator is unchanged). sdpo only.
+    exclude_markers: bool = False
 
 
 @dataclass

@@ -558,3 +558,31 @@ def grpo_loss(
             "grpo/tokens": float(m.sum()),
         }
     return loss, stats
+
+
+def marker_token_mask(token_texts: list[str], markers_: tuple[str, ...] | None = None) -> list[float]:
+    """The remedy `loss.exclude_markers` (not in the paper): 0 for every response token whose text overlaps
+    an occurrence of an epistemic marker (sd_bench.markers.MARKERS, case-insensitive, found in the
+    concatenated token texts, so a marker split over several tokens masks all of them), 1 elsewhere.
+
+    Multiplied into the SD loss's token mask, it leaves those tokens out of the distillation sum
+        L = 1/|T| sum_t m_t * l_t,   m_t = 0 if token t is part of a marker,
+    while |T| still counts every response token: the other tokens' contributions are unchanged. Why: the
+    paper's degradation runs through the teacher suppressing "wait"-like tokens (Sec. 4-5); this asks
+    whether SD without that pressure keeps the hedge and the accuracy.
+    """
+    from sd_bench.markers import MARKERS
+
+    markers_ = MARKERS if markers_ is None else markers_
+    starts, pos = [], 0
+    for text in token_texts:
+        starts.append(pos)
+        pos += len(text)
+    lowered = "".join(token_texts).lower()
+    covered = [False] * len(lowered)
+    for marker in markers_:
+        at = lowered.find(marker)
+        while at >= 0:
+            covered[at:at + len(marker)] = [True] * len(marker)
+            at = lowered.find(marker, at + len(marker))
+    return [0.0 if any(covered[a:a + len(t)]) else 1.0 for a, t in zip(starts, token_texts)]

@@ -40,7 +40,13 @@ from sd_bench.train.distributed import (
     optimizer_state_dict,
     resolve_strategy,
 )
-from sd_bench.train.losses import grpo_advantages, grpo_loss, sd_loss_from_hidden, token_logprobs_from_hidden
+from sd_bench.train.losses import (
+    grpo_advantages,
+    grpo_loss,
+    marker_token_mask,
+    sd_loss_from_hidden,
+    token_logprobs_from_hidden,
+)
 from sd_bench.train.model import Teacher, hidden_states, load_model, resolve_model_path, trainable_parameters
 from sd_bench.train.rollout import make_rollouts, sample_seed
 from sd_bench.train.runtime import (
@@ -125,6 +131,7 @@ class Item:
     demo_tokens: int = 0
     advantage: float = 0.0  # grpo
     old_logprobs: torch.Tensor | None = None
+    loss_mask: list[float] | None = None  # sdpo with loss.exclude_markers: 0 on marker tokens
 
 
 def response_hidden(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, device):
@@ -320,6 +327,7 @@ def _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, 
             regen_texts = tokenizer.batch_decode([s.response_ids for s in regen], skip_special_tokens=True)
             regenerated = dict(zip(wanted, regen_texts))
     items = []
+    token_text: dict[int, str] = {}  # loss.exclude_markers: the decoded text of each token id, once
     for k, (s, text) in enumerate(zip(samples, texts)):
         g, i = divmod(k, n)
         problem = batch[g]
@@ -332,8 +340,14 @@ def _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, 
         ids, demo_tokens = teacher_context.teacher_prompt_ids(
             tokenizer, problem.prompt, demo, context=context, max_prompt_tokens=cfg.teacher.max_prompt_tokens,
             template_kwargs=cfg.model.template_kwargs)
+        mask = None
+        if cfg.loss.exclude_markers:
+            for t in s.response_ids:
+                if t not in token_text:
+                    token_text[t] = tokenizer.decode([t], skip_special_tokens=True)
+            mask = marker_token_mask([token_text[t] for t in s.response_ids])
         items.append(Item(s.prompt_ids, s.response_ids, s.logprobs, g, teacher_prompt_ids=ids,
-                          demo_tokens=demo_tokens))
+                          demo_tokens=demo_tokens, loss_mask=mask))
     return items
 
 
@@ -363,7 +377,11 @@ def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pa
         th, tw, _ = response_hidden(teacher_model, [i.teacher_prompt_ids for i in micro], responses, pad_id, device)
         tw = tw.detach().clone() if teacher.mode == "ema" and teacher.lora else tw.detach()
     sh, sw, t = response_hidden(train_module, [i.prompt_ids for i in micro], responses, pad_id, device)
-    return sd_loss_from_hidden(sh, sw, th, tw, t, torch.ones_like(t, dtype=torch.float32), old,
+    mask = torch.ones_like(t, dtype=torch.float32)
+    if any(i.loss_mask is not None for i in micro):  # loss.exclude_markers
+        mask = torch.tensor([m for i in micro for m in (i.loss_mask or [1.0] * len(i.response_ids))],
+                            dtype=torch.float32, device=device)
+    return sd_loss_from_hidden(sh, sw, th, tw, t, mask, old,
                                alpha=cfg.loss.alpha, top_k=cfg.loss.top_k, is_clip=cfg.loss.is_clip,
                                mode=cfg.loss.kind, temperature=temperature, num_tokens=tokens_global,
                                chunk_size=cfg.loss.chunk_size)

@@ -1,12 +1,12 @@
 """Rollouts: sample n responses per prompt and return their token ids and sampling log-probs.
 
-`Rollouts` is the interface the on-policy loop uses; `HFRollouts` implements it with transformers'
-`generate` (CPU, tests, fallback). A vLLM engine lives in `rollout_vllm.py` behind the same interface.
+`Rollouts` is the interface the on-policy loop uses; `HFRollouts` implements it with one batched
+KV-cache sampling loop over every prompt x n (CPU, tests, fallback). A vLLM engine lives in
+`rollout_vllm.py` behind the same interface.
 
-Why one generate call per prompt, seeded by (run seed, step, prompt index): the n samples of one prompt
-have equal length, so no padding enters the computation, and a prompt's samples do not depend on which
-other prompts share the batch or on which process draws them. That is what makes a resumed run equal an
-uninterrupted one and 2 processes equal 1.
+Why per-row random streams, seeded by (run seed, step, prompt index) and the sample index: a prompt's
+samples then do not depend on which other prompts share the batch or on which process draws them. That is
+what makes a resumed run equal an uninterrupted one and 2 processes equal 1.
 """
 
 from __future__ import annotations
@@ -54,7 +54,21 @@ def sample_seed(run_seed: int, step: int, prompt_index: int) -> int:
 
 
 class HFRollouts:
-    """transformers `generate` on the training model itself (so sync_weights has nothing to copy)."""
+    """Batched ancestral sampling with a KV cache on the training model itself (so sync_weights has nothing
+    to copy): all prompts x n rows in one loop, one forward per generated position.
+
+    Why this and not `generate` per prompt: on the toy world (64 rollouts of ~20 tokens) one `generate` call
+    per prompt spent most of a training step in per-call overhead; one batched loop is several times faster
+    (benchmarks/RESULTS.md "HF rollouts (CPU)").
+
+    Determinism: row (prompt i, sample j) draws its tokens by inverse-CDF sampling with its own uniforms,
+    `torch.rand(max_new_tokens)` from a generator seeded by (seeds[i], j). So a row's tokens depend only on
+    its prompt, its seed and the weights, never on which other rows share the batch or the process (a
+    resumed run equals an uninterrupted one; 2 processes equal 1), up to float rounding of the logits under
+    a different batch shape (~1e-7, far below the gap between two cumulative probabilities in practice).
+    Prompts are left-padded with explicit position ids; finished rows (a stop token) leave the batch and the
+    KV cache at once, since most toy responses stop long before the limit.
+    """
 
     def __init__(self, model, tokenizer, stop_ids: list[int] | None = None):
         self.model, self.tokenizer = model, tokenizer
@@ -66,45 +80,101 @@ class HFRollouts:
 
     @torch.no_grad()
     def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seeds) -> list[Sample]:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"HFRollouts.generate: {len(prompts)} prompts but {len(seeds)} seeds")
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        samples: list[Sample] = []
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        uniforms = torch.stack([row_uniforms(seeds[i], j, max_new_tokens) for i, j in rows]).to(device)
+        from sd_bench.train.model import causal_lm  # a LoRA model: the CausalLM with the adapter in place
+
         try:
-            for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
-                input_ids = torch.tensor([prompt] * n, device=device)
-                with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-                    torch.manual_seed(seed)
-                    out = self.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        do_sample=True,
-                        temperature=temperature,
-                        top_p=top_p,
-                        top_k=0,
-                        max_new_tokens=max_new_tokens,
-                        eos_token_id=self.stop_ids,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        output_scores=True,
-                        return_dict_in_generate=True,
-                    )
-                new = out.sequences[:, len(prompt):]
-                # processed scores = the warped (temperature, top-p) logits the token was drawn from
-                scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)
-                token_lp = scores.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-                for row in range(n):
-                    ids = new[row].tolist()
-                    length = len(ids)
-                    for i, t in enumerate(ids):
-                        if t in self.stop_ids:
-                            length = i + 1  # keep the stop token: the model learns to stop
-                            break
-                    samples.append(
-                        Sample(list(prompt), ids[:length], token_lp[row, :length].tolist(), prompt_index=index)
-                    )
+            tokens, logprobs = sample_batched(causal_lm(self.model), [prompts[i] for i, _ in rows], uniforms,
+                                              temperature=temperature, top_p=top_p,
+                                              max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
+                                              pad_id=self._pad_id())
         finally:
             self.model.train(was_training)
-        return samples
+        return [Sample(list(prompts[i]), tokens[r], logprobs[r], prompt_index=i) for r, (i, _) in enumerate(rows)]
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+
+def row_uniforms(seed: int, sample: int, count: int) -> torch.Tensor:
+    """The uniforms [count] (float64) that row (prompt seed, sample index) samples its tokens with."""
+    gen = torch.Generator().manual_seed((seed * 1_000_033 + sample) % (2**63 - 1))
+    return torch.rand(count, generator=gen, dtype=torch.float64)
+
+
+def warp_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """log pi_rollout(. | prefix) over the last axis: softmax(logits / T) restricted to the top-p nucleus
+    (the smallest set of most probable tokens whose probability reaches top_p; at least one token) and
+    renormalised; tokens outside the nucleus get -inf. top_p = 1 keeps every token."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return logp
+    sorted_lp, order = logp.sort(dim=-1, descending=True)
+    before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()  # probability of the tokens ranked above
+    drop_sorted = before >= top_p
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+
+
+def _cache_keyword(model) -> str:
+    # transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def sample_batched(model, prompts: list[list[int]], uniforms: torch.Tensor, *, temperature: float, top_p: float,
+                   max_new_tokens: int, stop_ids: list[int], pad_id: int) -> tuple[list[list[int]], list[list[float]]]:
+    """One row per prompt; row r's t-th token = the first token whose cumulative warped probability exceeds
+    uniforms[r, t] (inverse CDF). Returns each row's tokens (the stop token kept: the model learns to stop)
+    and their warped log-probs."""
+    device = uniforms.device
+    B = len(prompts)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((B, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((B, width), dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, device=device)
+        mask[r, width - len(p):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    stops = torch.tensor(stop_ids, device=device)
+    out_tokens: list[list[int]] = [[] for _ in range(B)]
+    out_lp: list[list[float]] = [[] for _ in range(B)]
+    active = torch.arange(B, device=device)  # original row of each batch row
+    cache, cache_kw = None, _cache_keyword(model)
+    for t in range(max_new_tokens):
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache})
+        cache = getattr(res, "cache", None) or res.past_key_values
+        logp = warp_logprobs(res.logits[:, -1], temperature, top_p)
+        cdf = logp.double().exp().cumsum(-1)
+        u = uniforms[active, t].unsqueeze(-1) * cdf[:, -1:]  # scale by the total: rounding never overshoots
+        nxt = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+        # a token of probability 0 (outside the nucleus) can only be hit by rounding at its edge: step back
+        lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
+        while bool(torch.isinf(lp).any()):
+            nxt = torch.where(torch.isinf(lp), nxt - 1, nxt)
+            lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
+        for r, tok, l in zip(active.tolist(), nxt.tolist(), lp.tolist()):
+            out_tokens[r].append(tok)
+            out_lp[r].append(l)
+        keep = ~torch.isin(nxt, stops)
+        if not bool(keep.any()):
+            break
+        ids, pos = nxt[:, None], pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1)
+        if not bool(keep.all()):
+            idx = torch.nonzero(keep).flatten()
+            cache.reorder_cache(idx)  # index_select on every layer's keys and values
+            active, ids, pos, mask = active[idx], ids[idx], pos[idx], mask[idx]
+    return out_tokens, out_lp
 
 
 def make_rollouts(backend: str, model, tokenizer) -> Rollouts:
