@@ -35,9 +35,9 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
+from sd_bench import atomic
 from sd_bench.answer import grade
 from sd_bench.markers import MARKERS, marker_counts
 
@@ -289,9 +289,7 @@ def write_tasks(dest: str | os.PathLike | None = None, k: int | None = None, thi
 
         dest = cache_dir() / "tasks" / f"k{k or 'default'}-thinking-{thinking}-max{max_gen_toks or 'default'}"
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
-    try:
+    with atomic.atomic_dir(dest) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         template = tmp / TEMPLATE_NAME
         text = template.read_text()
@@ -303,13 +301,6 @@ def write_tasks(dest: str | os.PathLike | None = None, k: int | None = None, thi
             text = _sub_once(r"^  max_gen_toks: \d+$", f"  max_gen_toks: {max_gen_toks}", text)
         text = _sub_once(r"^  thinking: \w+$", f"  thinking: {'true' if thinking == 'on' else 'false'}", text)
         template.write_text(text)
-        tmp.chmod(0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

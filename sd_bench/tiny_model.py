@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from sd_bench import atomic
 
 # Special tokens, in id order after the 256 byte-level symbols' merges (Qwen's names and roles).
 PAD_TOKEN = "<|endoftext|>"
@@ -136,21 +136,12 @@ def build_tiny_qwen3(
         top_p=1.0,
     )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is meant to be shared
+    with atomic.atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _add_legacy_chat_template(tmp)
         for file in tmp.iterdir():
             file.chmod(0o644)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

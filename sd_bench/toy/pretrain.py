@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from sd_bench import atomic
 from sd_bench.toy import world
 from sd_bench.toy.tokenizer import build_tokenizer, save_tokenizer, user_text
 
@@ -99,17 +98,10 @@ def make_batch(tok, rng: random.Random, batch: int = BATCH):
 
 def save_atomic(model, tok, output: Path, provenance: dict) -> None:
     """Write the folder next to `output`, then swap it in, so a reader never sees half a model."""
-    output = Path(output)
-    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    save_tokenizer(tok, tmp)
-    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    old = output.with_name(f"{output.name}.old-{os.getpid()}")
-    if output.exists():
-        os.replace(output, old)
-    os.replace(tmp, output)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic.atomic_dir(output) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_tokenizer(tok, tmp)
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
 
 
 def _versions() -> dict:
