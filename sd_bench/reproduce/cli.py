@@ -48,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--manifest", default=None, help="checkpoints manifest (default: the repository's)")
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="small/paper scale: change a setting without editing code, e.g. --set model=PATH --set limit=10 "
+        "--set train.model.finetune=lora (keys: sd_bench/reproduce/full.py docstring)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,9 +63,22 @@ def run(args: argparse.Namespace) -> int:
 
     target = f"table{args.table}" if args.table is not None else f"figure{args.figure}"
     out_dir = Path(args.output or f"out/{target}-{args.scale}")
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"sd-bench reproduce: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        settings[key.strip()] = value
+    if settings and args.scale == "smoke":
+        print("sd-bench reproduce: --set applies to --scale small|paper (smoke is fixed: the CI baseline)",
+              file=sys.stderr)
+        return 2
     try:
         manifest = manifest_mod.load(args.manifest)
-        req = plan_mod.PlanRequest(target, args.scale, manifest, args.from_checkpoints, args.seed, out_dir)
+        req = plan_mod.PlanRequest(
+            target, args.scale, manifest, args.from_checkpoints, args.seed, out_dir, settings=settings
+        )
         plan = plan_mod.build_plan(req)
     except (manifest_mod.ManifestError, plan_mod.PlanError) as exc:
         print(f"sd-bench reproduce: {exc}", file=sys.stderr)

@@ -53,7 +53,7 @@ SCALES = ("smoke", "small", "paper")
 TARGETS = ("table1", "table2", "table3") + tuple(f"figure{n}" for n in range(3, 9))
 KINDS = ("train", "generate", "evaluate", "render")
 # Modules that register stage implementations (imported before planning; absent modules are skipped).
-IMPLEMENTATION_MODULES = ("sd_bench.reproduce.smoke",)
+IMPLEMENTATION_MODULES = ("sd_bench.reproduce.smoke", "sd_bench.reproduce.full")
 STATE_DIR = ".sd-bench/stages"
 
 
@@ -132,6 +132,7 @@ class PlanRequest:
     from_checkpoints: bool = False
     seed: int = 0
     out_dir: Path | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # `--set key=value` (sd_bench/reproduce/full.py)
 
 
 # --- registry ----------------------------------------------------------------------------------------
