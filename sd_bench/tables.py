@@ -311,6 +311,25 @@ def derive_columns(results: Iterable[dict], metrics: Iterable[str]) -> list[Colu
     return cols
 
 
+def run_title(spec: TableSpec, results: Iterable[dict]) -> str:
+    """The spec's title with its parenthesis rebuilt from the results: the base model(s) they were measured
+    on and their k, so a small-scale table (Qwen3-1.7B, avg@4) does not claim the paper's setting. Trained
+    models (`runs/...`) are left out: their base is the model named. No model in the results: the spec's."""
+    results = list(results)
+    models = sorted(
+        {
+            str(m)
+            for r in results
+            if (m := (r.get("provenance") or {}).get("run", {}).get("model")) and not str(m).startswith("runs/")
+        }
+    )
+    if not models:
+        return spec.title
+    ks = sorted({r["k"] for r in results if r.get("k")})
+    k = f"; avg@{'/'.join(map(str, ks))}" if ks else ""
+    return f"{spec.title.split(' (')[0]} ({', '.join(models)}{k})"
+
+
 def build_table(
     number: str | int,
     results: list[dict],
@@ -388,7 +407,7 @@ def build_table(
     table = {
         "schema": TABLE_SCHEMA,
         "table": number,
-        "title": title or spec.title,
+        "title": title or run_title(spec, latest.values()),
         "scale": scale,
         "row_header": spec.row_header,
         "columns": [asdict(c) for c in columns],

@@ -117,6 +117,9 @@ def test_table2_small_runs_every_stage_for_real(run, tiny):
     table = json.loads((out / "table2.json").read_text())
     assert set(CONDITIONS) <= set(table["conditions"])
     assert "54.79" in (out / "table2.md").read_text()
+    assert (
+        table["title"] == f"SFT on correct traces ({tiny}; avg@2)"
+    )  # the run's model and k, not the paper's
 
 
 def test_rerun_reuses_every_stage(run, capsys):
@@ -212,3 +215,93 @@ def test_table1_small_probe_runs_every_context(tiny, tmp_path):
         r = json.loads((out / f"eval/{cond}/dapo_probe.json").read_text())
         assert r["k"] == 8 and r["n_problems"] == 2 and r["metrics"]["response_tokens"] > 0
     assert "13,054" in (out / "table1.md").read_text()  # the paper's column beside ours
+
+
+# --- on-policy: Table 3 and the figures ---------------------------------------------------------------
+
+ONPOLICY_SETS = (
+    "steps=2",
+    "eval_every=1",
+    "k=1",
+    "limit=1",
+    "max_new_tokens=6",
+    "backend=hf",
+    "train.rollout.prompts_per_step=2",
+    "train.rollout.n=2",
+    "train.rollout.max_new_tokens=6",
+    "train.optim.mini_batch_size=2",
+    "train.model.dtype=float32",
+    "train.teacher.max_prompt_tokens=256",
+    "train.run.max_seq_len=128",
+)
+
+
+def _onpolicy_argv(target: list[str], out: Path, tiny: Path, *sets: str) -> list[str]:
+    argv = ["reproduce", *target, "--scale", "small", "--output", str(out)]
+    return argv + [a for s in (f"model={tiny}", *ONPOLICY_SETS, *sets) for a in ("--set", s)]
+
+
+def test_checkpoint_folders_resolve_to_their_model_subfolder(tmp_path):
+    """The trainer saves checkpoint-<N>/model/ (sd_bench/train/checkpoint.py); final/ is the model itself."""
+    for rel in ("runs/c/checkpoint-3/model", "runs/c/final"):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "config.json").write_text("{}")
+    (tmp_path / "runs/c/checkpoint-3/trainer_state.pt").write_text("")
+    ctx = P.StageContext(tmp_path, P.Stage("evaluate/c@3", "evaluate", ""), 0, "small")
+    assert full.resolve_model(ctx, "runs/c/checkpoint-3") == (
+        str(tmp_path / "runs/c/checkpoint-3/model"),
+        None,
+        None,
+    )
+    assert full.resolve_model(ctx, "runs/c/final") == (str(tmp_path / "runs/c/final"), None, None)
+    assert full.resolve_model(ctx, "Qwen/Qwen3-1.7B@abc") == ("Qwen/Qwen3-1.7B", "abc", None)
+
+
+def test_table3_small_trains_and_evaluates_checkpoints(tiny, tmp_path):
+    """|D| = 8, GRPO and SDPO: 2 steps each through the trainer, lm-eval at step 0 (base), 1 and 2."""
+    out = tmp_path / "out"
+    argv = _onpolicy_argv(["--table", "3"], out, tiny, "conditions=cov_d8_grpo,cov_d8_sdpo")
+    assert main(argv) == 0
+    names = [s["name"] for s in json.loads((out / ".sd-bench/plan-table3.json").read_text())["stages"]]
+    assert names == [
+        "evaluate/base_qwen3_8b_nothink@0",
+        "train/cov_d8_grpo",
+        "evaluate/cov_d8_grpo@1",
+        "evaluate/cov_d8_grpo@2",
+        "train/cov_d8_sdpo",
+        "evaluate/cov_d8_sdpo@1",
+        "evaluate/cov_d8_sdpo@2",
+        "render/table3",
+    ]
+    for cond in ("cov_d8_grpo", "cov_d8_sdpo"):
+        assert [m["step"] for m in _jsonl(out / f"runs/{cond}/metrics.jsonl")] == [1, 2]
+        cmd = (out / f"runs/{cond}/command.txt").read_text()
+        assert "data.name=dapo_seen_8x8" in cmd and "model.template_kwargs.enable_thinking=False" in cmd
+        at1 = json.loads((out / f"eval/{cond}/step-1/sd_ood_math.json").read_text())
+        assert at1["step"] == 1 and at1["k"] == 1
+        assert at1["provenance"]["run"]["model_args"].startswith(
+            f"pretrained=runs/{cond}/checkpoint-1/model,"
+        )
+        at2 = json.loads((out / f"eval/{cond}/step-2/sd_ood_math.json").read_text())
+        assert at2["provenance"]["run"]["model_args"].startswith(f"pretrained=runs/{cond}/final,")
+    table = json.loads((out / "table3.json").read_text())
+    assert {"cov_d8_grpo", "cov_d8_sdpo"} <= set(table["conditions"])
+    row = table["conditions"]["cov_d8_sdpo"]
+    assert row["stats"]["train_score"]["step"] == 2 and row["stats"]["ood_acc"]["step"] == 2
+    assert "Qwen3-8B" not in table["title"] and table["title"].startswith("Task coverage")
+
+
+def test_figure4_small_plots_marker_deltas(tiny, tmp_path):
+    """Figure 4: per-marker deltas of the last evaluation vs the step-0 base, from the sample-level metrics."""
+    out = tmp_path / "out"
+    sets = ("conditions=r1_7b_sdpo_s", "train.data.name=dapo_seen_64", "steps=1")  # dapo_math_17k: the Hub
+    assert main(_onpolicy_argv(["--figure", "4"], out, tiny, *sets)) == 0
+    assert (out / "figure4.png").stat().st_size > 1000 and (out / "figure4.svg").is_file()
+    r = json.loads((out / "eval/r1_7b_sdpo_s/step-1/sd_aime24.json").read_text())
+    assert "marker_wait" in r["metrics"]
+
+
+def test_unknown_condition_is_one_clear_error():
+    req = P.PlanRequest("table3", "small", manifest.load(), settings={"conditions": "cov_d9_grpo"})
+    with pytest.raises(P.PlanError, match="did you mean 'cov_d8_grpo'"):
+        P.build_plan(req)

@@ -84,3 +84,18 @@ def test_rules_file_is_valid_for_check():
     data = json.loads(RULES.read_text())
     for r in data["rules"]:
         assert {"name", "lhs", "op", "rhs"} <= r.keys()
+
+
+def test_marker_mass_finds_the_toy_wait_token():
+    from transformers import AutoTokenizer
+
+    from sd_bench.toy import BASE_DIR
+    from sd_bench.train.losses import marker_mass_from_hidden, marker_token_ids
+
+    tok = AutoTokenizer.from_pretrained(BASE_DIR)
+    ids = marker_token_ids(tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=True))
+    assert ids == tok.convert_tokens_to_ids(["W"]) or [tok.decode([i]) for i in ids] == ["wait"]
+    w = torch.zeros(len(tok), 2)
+    w[ids[0], 0] = 10.0  # position 0 prefers the marker, position 1 is uniform
+    mass = marker_mass_from_hidden(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), w, torch.tensor(ids), chunk_size=1)
+    assert mass[0] > 0.99 and mass[1] == pytest.approx(1 / len(tok), rel=1e-5)

@@ -20,8 +20,14 @@ says HOW, with the paper's models and data and sd-bench's real pieces:
     sd-bench reproduce --table 2 --scale paper --output out/t2-paper      # DeepSeek-R1-Distill-Qwen-7B
     sd-bench reproduce --table 1 --scale small --output out/t1-small      # the context-richness probe
 
-Implemented here: Tables 1 and 2. Table 3 and Figures 3-8 (on-policy) still plan only (`--dry-run`); `train`
-below already handles on-policy recipes (in place, resumable), but their checkpoint evaluations are untested.
+    sd-bench reproduce --table 3 --scale paper --output out/t3            # coverage sweep, Qwen3-8B no-think
+    sd-bench reproduce --figure 3 --scale small --output out/f3 --set conditions=r1_7b_sdpo_s
+
+Implemented here: Tables 1, 2, 3 and Figures 3-8. On-policy targets (Table 3, figures) are plan.py's protocol
+(`_onpolicy`): the base evaluated at step 0, each run trained in place (resumable, a checkpoint every
+`eval_every` steps), its `checkpoint-<N>/model` evaluated at every `eval_every` step and `final/` at the last,
+then the table (final train score from metrics.jsonl + OOD accuracy) or the figure (sd_bench.plots: curves
+from metrics.jsonl and the evaluations; Figure 4: per-marker deltas of the last evaluation vs step 0).
 
 Table 2 (PAPER.md): D_ug = correct responses of the base to plain DAPO prompts (the first `keep_correct`:
 800 at paper scale, 200 small); D_sg = for each D_ug problem, a response of the base to the hint prompt
@@ -48,6 +54,9 @@ ends up in the stage params, so `--dry-run` shows it and `.sd-bench/plan-<target
     gpu_memory_utilization=F                vLLM's share of GPU memory (default 0.85)
     train.<key>=<value>     a trainer override (sd_bench/train/config.py keys), e.g. train.model.finetune=lora
     train_launcher=CMD      run the trainer as `CMD <recipe> ...` in a subprocess instead of in-process
+    steps=N, eval_every=M   on-policy: train N steps, checkpoint and evaluate every M (scale default: small 30/10,
+                            paper 100/20); the evaluation stages follow
+    conditions=A,B          on-policy: only these runs (and their step-0 base), e.g. one |D| of Table 3 per GPU
 """
 
 from __future__ import annotations
@@ -56,12 +65,22 @@ import difflib
 import gc
 import json
 import random
+import re
 import shlex
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from sd_bench.reproduce.io import (
+    jsonl_text,
+    lm_eval_run,
+    lm_eval_summary,
+    probe_result,
+    read_jsonl,
+    run_trainer,
+    sample_rows,
+)
 from sd_bench.reproduce.plan import (
     PROFILES,
     Plan,
@@ -72,7 +91,6 @@ from sd_bench.reproduce.plan import (
     protocol_plan,
     register,
 )
-from sd_bench.reproduce.smoke import _jsonl, _lm_eval_summary, _read_jsonl
 
 DEFAULT_DATA = "dapo_math_17k"  # PAPER.md "Data": the training set every trace is sampled from
 CANDIDATE_FACTOR = 3  # D_ug: sample up to 3 x keep_correct DAPO problems (solve rate ~30-60%)
@@ -81,6 +99,7 @@ PROMPT_MARGIN = 2048  # vLLM max_model_len = prompt budget + max_new_tokens (hin
 GPU_MEMORY_UTILIZATION = 0.85  # leave room for the trainer's allocator remnants between stages
 HF_GEN_BATCH = 16
 HF_EVAL_BATCH = 16
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")  # sd_bench/train/checkpoint.py: checkpoint-<step>/model/
 
 # --set keys -> type. `train.<key>` entries pass through to the trainer unchanged.
 SETTINGS: dict[str, type] = {
@@ -98,6 +117,9 @@ SETTINGS: dict[str, type] = {
     "gen_batch_size": int,
     "gpu_memory_utilization": float,
     "train_launcher": str,
+    "steps": int,
+    "eval_every": int,
+    "conditions": str,
 }
 CHOICES = {"backend": ("auto", "vllm", "hf"), "dtype": ("auto", "bfloat16", "float16", "float32")}
 
@@ -178,10 +200,14 @@ def resolve_model(ctx: StageContext, ref: str) -> tuple[str, str | None, str | N
     """(model to load, revision, LoRA adapter folder or None) for a stage's model reference.
 
     `runs/<cond>/final` under the output folder: a full HF folder, or a PEFT adapter (adapter_config.json)
-    whose base model is read from the adapter's config.
+    whose base model is read from the adapter's config. `runs/<cond>/checkpoint-<N>` (the on-policy curves'
+    intermediate evaluations): the trainer keeps the weights in its `model/` subfolder, beside the optimizer
+    and RNG state (sd_bench/train/checkpoint.py), so that subfolder is what gets loaded.
     """
     local = ctx.path(ref)
     if not Path(ref).is_absolute() and local.exists():
+        if CHECKPOINT_NAME.match(local.name) and (local / "model").is_dir():
+            local = local / "model"
         if (local / "adapter_config.json").is_file():
             base = json.loads((local / "adapter_config.json").read_text()).get("base_model_name_or_path")
             if not base:
@@ -394,7 +420,7 @@ def generate_traces(ctx: StageContext) -> None:
     sampled = 0
     if guided:
         by_id = {q.id: q for q in problems}
-        src = _read_jsonl(ctx.path(ctx.stage.inputs[0]))
+        src = read_jsonl(ctx.path(ctx.stage.inputs[0]))
         missing = [r["id"] for r in src if r["id"] not in by_id]
         if missing:
             raise RuntimeError(f"{ctx.stage.inputs[0]}: problem {missing[0]} is not in set {p['data']!r}")
@@ -429,7 +455,7 @@ def generate_traces(ctx: StageContext) -> None:
             "--set candidates=N or max_new_tokens (responses cut at the limit have no answer)"
         )
     out_path = ctx.stage.outputs[0]
-    ctx.write_text(out_path, _jsonl(kept))
+    ctx.write_text(out_path, jsonl_text(kept))
     n_correct = sum(r["correct"] for r in rows)
     stats = {
         "traces": p["traces"],
@@ -485,15 +511,7 @@ def train(ctx: StageContext) -> None:
         if launcher:
             subprocess.run([*shlex.split(launcher), *cmd, *args], check=True)
         else:
-            import argparse
-
-            from sd_bench.train import cli as train_cli
-
-            parser = argparse.ArgumentParser(prog="sd-bench train")
-            train_cli.add_arguments(parser)
-            rc = train_cli.run(parser.parse_args([*cmd, *args]))  # options first, then the positionals
-            if rc:
-                raise RuntimeError(f"sd-bench train {ctx.stage.recipe} {' '.join(args)} exited with {rc}")
+            run_trainer(ctx.stage.recipe, folder, args, scale=scale, resume=resume)
         shown = " ".join(shlex.quote(a) for a in args).replace(str(ctx.out_dir) + "/", "")  # relative to DIR
         (folder / "command.txt").write_text(
             f"sd-bench train {ctx.stage.recipe} --scale {scale} --output runs/{cond} {shown}\n"
@@ -536,32 +554,8 @@ def _model_args(ctx: StageContext, backend: str, p: dict) -> tuple[str, str]:
     return text, shown
 
 
-def _sample_rows(res: dict, tasks: list[str]) -> dict[str, list[dict]]:
-    """task -> per-doc records shaped like lm-eval's --log_samples (filtered_resps holds all k responses)."""
-    out: dict[str, list[dict]] = {}
-    for task in tasks:
-        rows = []
-        for s in res.get("samples", {}).get(task, []):
-            resps = s.get("filtered_resps") or s.get("resps") or []
-            if len(resps) == 1 and isinstance(resps[0], (list, tuple)):
-                resps = resps[0]
-            rows.append(
-                {
-                    "task": task,
-                    "doc_id": s["doc_id"],
-                    "doc": {"id": s["doc"].get("id"), "answer": s["doc"].get("answer")},
-                    "filtered_resps": [str(r) for r in resps],
-                    **{m: s.get(m) for m in ("acc", "epistemic_count", "response_tokens") if m in s},
-                }
-            )
-        out[task] = rows
-    return out
-
-
 def evaluate(ctx: StageContext) -> None:
     """lm-eval on the stage's tasks (the sd_ood_math group when the tasks are its four members)."""
-    import lm_eval
-
     from sd_bench import lm_eval_tasks, provenance, tables
 
     p = ctx.stage.params
@@ -584,8 +578,8 @@ def evaluate(ctx: StageContext) -> None:
     if (p["temperature"], p["top_p"]) != (default["temperature"], default["top_p"]):
         gen_kwargs = f"temperature={p['temperature']},top_p={p['top_p']}"
     ctx.report(0, None, f"lm-eval {','.join(run_tasks)} ({backend})")
-    t0 = time.monotonic()
-    res = lm_eval.simple_evaluate(
+    res, wall = lm_eval_run(
+        seed=ctx.seed,
         model=backend,
         model_args=model_args,
         tasks=run_tasks,
@@ -594,29 +588,21 @@ def evaluate(ctx: StageContext) -> None:
         device=_device(),
         limit=p.get("limit"),
         gen_kwargs=gen_kwargs,
-        log_samples=True,
-        bootstrap_iters=0,
-        random_seed=ctx.seed,
-        numpy_random_seed=ctx.seed,
-        torch_random_seed=ctx.seed,
-        fewshot_random_seed=ctx.seed,
-        verbosity="WARNING",
     )
-    wall = time.monotonic() - t0
     _free_memory()
     where = str(Path(ctx.stage.outputs[0]).parent)
-    summary = _lm_eval_summary(res)
+    summary = lm_eval_summary(res)
     summary["config"]["model_args"] = shown
     raw = ctx.write_json(f"{where}/lm_eval_results.json", summary)
-    per_task = _sample_rows(res, tasks)
+    per_task = sample_rows(res, tasks)
     for task, rows in per_task.items():
-        ctx.write_text(f"{where}/samples_{task}.jsonl", _jsonl(rows))  # `sd-bench markers` reads these
+        ctx.write_text(f"{where}/samples_{task}.jsonl", jsonl_text(rows))  # `sd-bench markers` reads these
     results = {r["task"]: r for r in tables.from_lm_eval(raw, p["condition"], step=p.get("step"))}
     sampling = {k: p.get(k) for k in ("temperature", "top_p", "max_new_tokens", "thinking")}
     for out in ctx.stage.outputs:
         name = Path(out).stem
         if name == "samples":
-            ctx.write_text(out, _jsonl([r for rows in per_task.values() for r in rows]))
+            ctx.write_text(out, jsonl_text([r for rows in per_task.values() for r in rows]))
         elif name != "lm_eval_results":
             if name not in results:
                 raise RuntimeError(f"lm-eval returned no results for {name} (got {sorted(results)})")
@@ -665,6 +651,8 @@ def apply_settings(plan: Plan, req: PlanRequest, settings: dict[str, Any]) -> Pl
         elif st.kind == "train":
             if "model" in settings:
                 p["overrides"]["model.path"] = settings["model"]
+            if "steps" in p:  # on-policy: a checkpoint at every evaluated step (the profile's eval_every)
+                p["save_every"] = (getattr(req, "profile", None) or PROFILES[req.scale]).eval_every
             p["train_overrides"] = train_overrides
             if "train_launcher" in settings:
                 p["train_launcher"] = settings["train_launcher"]
@@ -742,7 +730,7 @@ def t1_select(ctx: StageContext) -> None:
         raise RuntimeError(
             f"no DAPO problem with solve rate in [{lo}, {hi}] among {len(pool)}; raise --set candidates=N"
         )
-    ctx.write_text(ctx.stage.outputs[0], _jsonl(kept))
+    ctx.write_text(ctx.stage.outputs[0], jsonl_text(kept))
 
 
 def t1_generate(ctx: StageContext) -> None:
@@ -753,7 +741,7 @@ def t1_generate(ctx: StageContext) -> None:
 
     p = ctx.stage.params
     context = p["context"]
-    src = _read_jsonl(ctx.path(ctx.stage.inputs[0]))
+    src = read_jsonl(ctx.path(ctx.stage.inputs[0]))
     if context == "y_r":  # y_r: a correct c = s response per problem (the first), as the hint
         first: dict[str, dict] = {}
         for r in src:
@@ -784,41 +772,27 @@ def t1_generate(ctx: StageContext) -> None:
                     "markers": counts,
                 }
             )
-    ctx.write_text(ctx.stage.outputs[0], _jsonl(rows))
+    ctx.write_text(ctx.stage.outputs[0], jsonl_text(rows))
 
 
 def t1_evaluate(ctx: StageContext) -> None:
     """Score, length (tokens) and E(y) per context -> eval/<cond>/dapo_probe.json (Table 1's columns)."""
-    from sd_bench import provenance, tables
-    from sd_bench.markers import MARKERS
-
     for src, out in zip(ctx.stage.inputs, ctx.stage.outputs):
-        rows = _read_jsonl(ctx.path(src))
-        if not rows:
-            raise RuntimeError(f"{src}: no responses")
-        n = len(rows)
-        metrics = {
-            "acc": sum(r["correct"] for r in rows) / n,
-            "response_tokens": sum(r["tokens"] for r in rows) / n,
-            "epistemic_count": sum(r["epistemic_count"] for r in rows) / n,
-            **{f"marker_{m}": sum(r["markers"][m] for r in rows) / n for m in MARKERS},
-        }
-        k = n // len({r["id"] for r in rows})
-        cond = Path(out).parent.name
-        result = tables.make_result(
-            cond,
+        rows = read_jsonl(ctx.path(src))
+        k = len(rows) // max(len({r["id"] for r in rows}), 1)
+        result = probe_result(
+            Path(out).parent.name,
             "dapo_probe",
-            metrics,
-            n_problems=len({r["id"] for r in rows}),
+            rows,
+            [r["markers"] for r in rows],
+            "epistemic_count",
             k=k,
-            provenance={"samples": src},
+            source=src,
+            model=ctx.stage.params.get("model"),
+            data="dapo_probe",
+            seed=ctx.seed,
         )
-        ctx.write_json(
-            out,
-            provenance.stamp(
-                result, model=ctx.stage.params.get("model"), data="dapo_probe", seed=ctx.seed, k=k
-            ),
-        )
+        ctx.write_json(out, result)
 
 
 def _table1(req: PlanRequest) -> Plan:
@@ -846,3 +820,63 @@ def _table1(req: PlanRequest) -> Plan:
 
 for _scale in ("small", "paper"):
     register("table1", _scale)(_table1)
+
+
+# --- Table 3 and Figures 3-8: on-policy runs, checkpoint evaluations, curves -------------------------
+
+
+def _onpolicy_plan(req: PlanRequest) -> Plan:
+    """The protocol's on-policy stages (plan._onpolicy: step-0 base, training, an evaluation every
+    `eval_every` steps, render) with `train` and `evaluate` above.
+
+    `--set steps=N eval_every=M` shorten the runs (every evaluation stage follows); `--set conditions=a,b`
+    keeps the stages of those conditions (and their step-0 bases), e.g. one |D| of the sweep per GPU.
+    """
+    import dataclasses
+
+    settings = parse_settings(getattr(req, "settings", None))
+    if "steps" in settings or "eval_every" in settings:
+        prof = PROFILES[req.scale]
+        steps = settings.get("steps", prof.train_steps)
+        every = settings.get("eval_every", min(prof.eval_every, steps))
+        if not 0 < every <= steps:
+            raise PlanError(f"--set eval_every={every}: expected 1 <= eval_every <= steps ({steps})")
+        req = dataclasses.replace(req, profile=dataclasses.replace(prof, train_steps=steps, eval_every=every))
+    plan = apply_settings(protocol_plan(req), req, settings)
+    if "conditions" in settings:
+        plan = _only(plan, settings["conditions"].split(","))
+    return implement(plan, {"train": train, "evaluate": evaluate})
+
+
+def _only(plan: Plan, keep: list[str]) -> Plan:
+    """The plan restricted to `keep`'s train/evaluate stages, the step-0 evaluations of their bases, and
+    the render stage (which renders what was measured)."""
+    conds = {st.params.get("condition") for st in plan.stages if st.kind == "train"}
+    unknown = [c for c in keep if c not in conds]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(conds), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise PlanError(
+            f"--set conditions: {unknown[0]} is not a condition of {plan.target}{hint} "
+            f"(conditions: {', '.join(sorted(conds))})"
+        )
+    stages, base = [], None
+    for st in plan.stages:
+        cond = st.params.get("condition")
+        if st.kind == "evaluate" and cond not in conds:  # a step-0 base: kept when a kept run follows it
+            base = st
+            continue
+        if cond in keep and base is not None:
+            stages.append(base)
+            base = None
+        if cond in keep or st.kind == "render":
+            stages.append(st)
+    plan.stages = stages
+    plan.notes.append(f"conditions: only {', '.join(keep)}")
+    return plan
+
+
+for _scale in ("small", "paper"):
+    register("table3", _scale)(_onpolicy_plan)
+    for _n in range(3, 9):
+        register(f"figure{_n}", _scale)(_onpolicy_plan)

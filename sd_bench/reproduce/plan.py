@@ -133,6 +133,7 @@ class PlanRequest:
     seed: int = 0
     out_dir: Path | None = None
     settings: dict[str, str] = field(default_factory=dict)  # `--set key=value` (sd_bench/reproduce/full.py)
+    profile: ScaleProfile | None = None  # replaces PROFILES[scale] (full.py: `--set steps=N eval_every=N`)
 
 
 # --- registry ----------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ class _Builder:
     def __init__(self, req: PlanRequest):
         self.req = req
         self.m = req.manifest
-        self.p = PROFILES[req.scale]
+        self.p = getattr(req, "profile", None) or PROFILES[req.scale]
         self.stages: list[Stage] = []
         self.notes: list[str] = []
         self._names: set[str] = set()

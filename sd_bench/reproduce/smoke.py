@@ -49,6 +49,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sd_bench.reproduce.io import (
+    jsonl_text,
+    lm_eval_run,
+    lm_eval_summary,
+    probe_result,
+    read_jsonl,
+    run_trainer,
+    sample_rows,
+)
 from sd_bench.reproduce.plan import (
     PlanRequest,
     Stage,
@@ -64,6 +73,7 @@ THREADS_ENV = "SD_BENCH_SMOKE_THREADS"
 SMOKE_THREADS = 1  # fixed (not the core count) so the numbers do not depend on the machine's cores
 
 TEMPERATURE, TOP_P = 1.0, 1.0  # the toy world's sampling (issue 5 prototype); paper: 0.6 / 0.95
+SAMPLING = {"temperature": TEMPERATURE, "top_p": TOP_P}
 MAX_NEW_ID = 96  # generation limit for ID-length problems: the longest responses are ~45 tokens + corrections
 
 # Table 2
@@ -123,14 +133,6 @@ def _threads() -> None:
     torch.set_num_threads(int(os.environ.get(THREADS_ENV) or SMOKE_THREADS))
 
 
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def sample_responses(base: Path, user_turns: list[str], seed: int, max_new: int) -> list[tuple[str, int]]:
     """(text, tokens) of one response per user turn from the toy base, rendered with its chat template,
     sampled at TEMPERATURE; tokens = response length without EOS (the paper's length: no special tokens).
@@ -174,7 +176,7 @@ def generate_traces(ctx: StageContext) -> None:
     guided = p["traces"] == "solution_guided"
     t0 = time.monotonic()
     if guided:  # the problems of D_ug, so the two sets differ only in how the traces were produced
-        src = _read_jsonl(ctx.path(ctx.stage.inputs[0]))
+        src = read_jsonl(ctx.path(ctx.stage.inputs[0]))
         by_q = {q.question: q for q in world.toy_problems("train", p["candidates"], seed=ctx.seed)}
         problems = [by_q[r["prompt"]] for r in src]
         turns = [hint_prompt(q.prompt, q.solution) for q in problems]
@@ -205,7 +207,7 @@ def generate_traces(ctx: StageContext) -> None:
             f"no correct {p['traces']} trace among {len(responses)} samples: is the toy base trained?"
         )
     out = ctx.stage.outputs[0]
-    ctx.write_text(out, _jsonl(kept))
+    ctx.write_text(out, jsonl_text(kept))
     ctx.write_json(
         out.replace(".jsonl", ".stats.json"),
         {
@@ -227,10 +229,6 @@ def generate_traces(ctx: StageContext) -> None:
 def train_sft(ctx: StageContext) -> None:
     """`sd-bench train sft --scale smoke --output runs/<cond> model.path=<base> data.name=<traces> ...`,
     in-process through the trainer's CLI, into a temporary folder renamed into place when it finishes."""
-    import argparse
-
-    from sd_bench.train import cli as train_cli
-
     _threads()
     p = ctx.stage.params
     cond = p["condition"]
@@ -242,36 +240,14 @@ def train_sft(ctx: StageContext) -> None:
         *SFT_OVERRIDES,
     ]
     with ctx.atomic_dir(f"runs/{cond}") as tmp:
-        parser = argparse.ArgumentParser(prog="sd-bench train")
-        train_cli.add_arguments(parser)
-        # options first: argparse matches the positionals (recipe, key=value...) in one go
-        ns = parser.parse_args(["--scale", "smoke", "--output", str(tmp), "sft", *args])
-        rc = train_cli.run(ns)
-        if rc:
-            raise RuntimeError(f"sd-bench train sft --scale smoke {' '.join(args)} exited with {rc}")
+        run_trainer("sft", tmp, args, scale="smoke")
         (tmp / "command.txt").write_text(
             f"sd-bench train sft --scale smoke --output runs/{cond} " + " ".join(args) + "\n"
         )
 
 
-def _lm_eval_summary(res: dict) -> dict:
-    """The JSON-safe part of simple_evaluate's return that `tables.from_lm_eval` reads."""
-    return {
-        "results": res["results"],
-        "n-samples": res.get("n-samples", {}),
-        "configs": {t: {"repeats": c.get("repeats")} for t, c in res.get("configs", {}).items()},
-        "group_subtasks": res.get("group_subtasks", {}),
-        "config": {"model_args": (res.get("config") or {}).get("model_args")},
-        "versions": res.get("versions", {}),
-        "git_hash": res.get("git_hash"),
-        "date": res.get("date"),
-    }
-
-
 def evaluate(ctx: StageContext) -> None:
     """lm-eval (HF backend, batched sampling) on the toy tasks; one sd-bench result file per task."""
-    import lm_eval
-
     from sd_bench import lm_eval_tasks, provenance, tables
 
     _threads()
@@ -282,8 +258,8 @@ def evaluate(ctx: StageContext) -> None:
     tm = lm_eval_tasks.task_manager(
         k=p["k"], max_gen_toks=p.get("max_gen_toks"), model_args=model_args, include_defaults=False
     )
-    t0 = time.monotonic()
-    res = lm_eval.simple_evaluate(
+    res, wall = lm_eval_run(
+        seed=ctx.seed,
         model="hf",
         model_args=model_args,
         tasks=tasks,
@@ -291,36 +267,12 @@ def evaluate(ctx: StageContext) -> None:
         batch_size=p.get("batch_size", EVAL_BATCH),
         device="cpu",
         limit=p.get("limit"),
-        log_samples=True,
-        bootstrap_iters=0,
-        random_seed=ctx.seed,
-        numpy_random_seed=ctx.seed,
-        torch_random_seed=ctx.seed,
-        fewshot_random_seed=ctx.seed,
-        verbosity="WARNING",
     )
-    wall = time.monotonic() - t0
     where = str(Path(ctx.stage.outputs[0]).parent)
-    summary = _lm_eval_summary(res)
+    summary = lm_eval_summary(res)
     summary["config"]["model_args"] = model_args.replace(str(path), str(ctx.stage.model))  # no local paths
     raw = ctx.write_json(f"{where}/lm_eval_results.json", summary)
-    rows = []
-    for task in tasks:
-        for s in res["samples"].get(task, []):
-            resps = s.get("filtered_resps") or s.get("resps") or []
-            if len(resps) == 1 and isinstance(resps[0], (list, tuple)):
-                resps = resps[0]
-            rows.append(
-                {
-                    "task": task,
-                    "doc_id": s["doc_id"],
-                    "id": s["doc"].get("id"),
-                    "answer": s["doc"].get("answer"),
-                    "responses": [str(r) for r in resps],
-                    "acc": s.get("acc"),
-                    "epistemic_count": s.get("epistemic_count"),
-                }
-            )
+    rows = [r for task_rows in sample_rows(res, tasks).values() for r in task_rows]
     sampling = {
         "temperature": p.get("temperature"),
         "top_p": p.get("top_p"),
@@ -330,7 +282,7 @@ def evaluate(ctx: StageContext) -> None:
     for out in ctx.stage.outputs:
         name = Path(out).stem
         if name == "samples":
-            ctx.write_text(out, _jsonl(rows))
+            ctx.write_text(out, jsonl_text(rows))
             continue
         if name == "lm_eval_results":
             continue
@@ -470,8 +422,7 @@ def table2_smoke(req: PlanRequest):
             st.params.update(
                 keep_correct=KEEP_CORRECT,
                 candidates=TRACE_CANDIDATES,
-                temperature=TEMPERATURE,
-                top_p=TOP_P,
+                **SAMPLING,
                 max_new_tokens=MAX_NEW_ID,
                 traces="solution_guided"
                 if st.name.endswith("guided") and "unguided" not in st.name
@@ -498,8 +449,7 @@ def table2_smoke(req: PlanRequest):
             st.params.update(
                 k=EVAL_K,
                 limit=EVAL_PROBLEMS,
-                temperature=TEMPERATURE,
-                top_p=TOP_P,
+                **SAMPLING,
                 max_gen_toks=None,
                 batch_size=EVAL_BATCH,
             )
@@ -582,7 +532,7 @@ def t1_select(ctx: StageContext) -> None:
         raise RuntimeError(
             f"no toy problem with solve rate in [{lo}, {hi}] among {len(cands)}: is the base trained?"
         )
-    ctx.write_text(ctx.stage.outputs[0], _jsonl(kept))
+    ctx.write_text(ctx.stage.outputs[0], jsonl_text(kept))
 
 
 def t1_generate(ctx: StageContext) -> None:
@@ -604,7 +554,7 @@ def t1_generate(ctx: StageContext) -> None:
             kind=r["kind"],
             source="sd_bench.toy/train",
         )
-        for r in _read_jsonl(ctx.path(ctx.stage.inputs[0]))
+        for r in read_jsonl(ctx.path(ctx.stage.inputs[0]))
     ]
     turns = [_t1_turn(cond, q) for q in probs for _ in range(p["k"])]
     seed = ctx.seed * 1000 + 20 + list(T1_CONTEXTS).index(cond)
@@ -622,44 +572,29 @@ def t1_generate(ctx: StageContext) -> None:
                 "waits": epistemic_count(text),
             }
         )
-    ctx.write_text(ctx.stage.outputs[0], _jsonl(rows))
+    ctx.write_text(ctx.stage.outputs[0], jsonl_text(rows))
 
 
 def t1_evaluate(ctx: StageContext) -> None:
     """Score, length (tokens) and E(y) per context -> eval/<cond>/toy_probe.json (sd-bench result files)."""
-    from sd_bench import provenance, tables
-    from sd_bench.markers import MARKERS, marker_counts
+    from sd_bench.markers import marker_counts
 
     for src, out in zip(ctx.stage.inputs, ctx.stage.outputs):
-        rows = _read_jsonl(ctx.path(src))
-        cond = rows[0]["context"]
-        n = len(rows)
-        metrics = {
-            "acc": sum(r["correct"] for r in rows) / n,
-            "response_tokens": sum(r["tokens"] for r in rows) / n,
-            "epistemic_count": sum(r["waits"] for r in rows) / n,
-        }
-        counts = [marker_counts(r["response"]) for r in rows]
-        metrics.update({f"marker_{m}": sum(c[m] for c in counts) / n for m in MARKERS})
-        result = tables.make_result(
-            cond,
+        rows = read_jsonl(ctx.path(src))
+        result = probe_result(
+            rows[0]["context"],
             "toy_probe",
-            metrics,
-            n_problems=len({r["id"] for r in rows}),
+            rows,
+            [marker_counts(r["response"]) for r in rows],
+            "waits",
             k=T1_K,
-            provenance={"samples": src},
+            source=src,
+            model="sd_bench/toy/base",
+            data="sd_bench.toy/train",
+            seed=ctx.seed,
+            sampling=SAMPLING,
         )
-        ctx.write_json(
-            out,
-            provenance.stamp(
-                result,
-                model="sd_bench/toy/base",
-                data="sd_bench.toy/train",
-                seed=ctx.seed,
-                k=T1_K,
-                sampling={"temperature": TEMPERATURE, "top_p": TOP_P},
-            ),
-        )
+        ctx.write_json(out, result)
 
 
 TABLE1_RULES = [
@@ -820,15 +755,11 @@ def t3_data(ctx: StageContext) -> None:
             for _ in range(reps)
             for q in problems
         ]
-        ctx.write_text(out, _jsonl(rows))
+        ctx.write_text(out, jsonl_text(rows))
 
 
 def train_onpolicy(ctx: StageContext) -> None:
     """`sd-bench train <recipe> --scale smoke model.path=<base> data.name=<set> ...` in-process."""
-    import argparse
-
-    from sd_bench.train import cli as train_cli
-
     _threads()
     p = ctx.stage.params
     cond = p["condition"]
@@ -843,11 +774,7 @@ def train_onpolicy(ctx: StageContext) -> None:
         *p.get("extra", ()),
     ]
     with ctx.atomic_dir(f"runs/{cond}") as tmp:
-        parser = argparse.ArgumentParser(prog="sd-bench train")
-        train_cli.add_arguments(parser)
-        ns = parser.parse_args(["--scale", "smoke", "--output", str(tmp), ctx.stage.recipe, *args])
-        if train_cli.run(ns):
-            raise RuntimeError(f"sd-bench train {ctx.stage.recipe} {' '.join(args)} failed")
+        run_trainer(ctx.stage.recipe, tmp, args, scale="smoke")
         (tmp / "command.txt").write_text(
             f"sd-bench train {ctx.stage.recipe} --scale smoke --output runs/{cond} " + " ".join(args) + "\n"
         )
@@ -987,7 +914,7 @@ def table3_smoke(req: PlanRequest) -> list[Stage]:
             if r is not None:
                 r["provenance"]["metrics_file"] = f"runs/{c}/metrics.jsonl"  # relative to DIR: no local paths
                 ctx.write_json(f"eval/{c}/train.json", r)
-            first = _read_jsonl(ctx.path(f"runs/{c}/metrics.jsonl"))[0]  # the base's score on the same set
+            first = read_jsonl(ctx.path(f"runs/{c}/metrics.jsonl"))[0]  # the base's score on the same set
             ctx.write_json(
                 f"eval/{c}/train_first.json",
                 tables.make_result(

@@ -44,6 +44,9 @@ CONDITIONS: dict[str, tuple[str, str | None, str, tuple[str, ...]]] = {
     "sd_sibling": ("SD, c = successful sibling", "sdpo", "toy_train_broad", ("teacher.context=sibling",)),
     "sd_solution_remedy": ("SD(solution) + markers out of the loss", "sdpo", "toy_train_broad",
                            ("teacher.context=reference_solution", "loss.exclude_markers=true")),
+    "sd_solution_remedy2": ("SD(solution) + live-hedge positions out of the loss", "sdpo", "toy_train_broad",
+                            ("teacher.context=reference_solution", "loss.exclude_markers=true",
+                             "loss.marker_mass_threshold=0.05")),
     "sd_solution_D8": ("SD(solution), 8 problems", "sdpo", "toy_train_8", ("teacher.context=reference_solution",)),
     "grpo_D8": ("GRPO, 8 problems", "grpo", "toy_train_8", ()),
 }

@@ -89,6 +89,10 @@ class LossConfig:
     # remedy (not in the paper): leave the tokens of epistemic markers (sd_bench.markers.MARKERS) out of the
     # SD loss (mask 0; the token-mean denominator is unchanged). sdpo only.
     exclude_markers: bool = False
+    # remedy 2 (not in the paper): also leave out every response position where the student's sampling
+    # distribution puts at least this probability on marker tokens (where hedging is a live choice: the SD
+    # gradient there moves probability away from "wait" even when another token was sampled). null = off
+    marker_mass_threshold: float | None = None
 
 
 @dataclass

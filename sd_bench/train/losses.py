@@ -586,3 +586,24 @@ def marker_token_mask(token_texts: list[str], markers_: tuple[str, ...] | None =
             covered[at:at + len(marker)] = [True] * len(marker)
             at = lowered.find(marker, at + len(marker))
     return [0.0 if any(covered[a:a + len(t)]) else 1.0 for a, t in zip(starts, token_texts)]
+
+
+def marker_token_ids(token_texts: list[str], markers_: tuple[str, ...] | None = None) -> list[int]:
+    """Vocabulary ids whose decoded text (token_texts[id]) contains an epistemic marker (case-insensitive)."""
+    from sd_bench.markers import MARKERS
+
+    markers_ = MARKERS if markers_ is None else markers_
+    return [i for i, t in enumerate(token_texts) if any(m in t.lower() for m in markers_)]
+
+
+@torch.no_grad()
+def marker_mass_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, marker_ids: torch.Tensor, *,
+                            temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """[N]: the policy's probability of emitting a marker token at each position,
+        m_t = sum_{v in markers} softmax(W h_t / T)_v,
+    for the remedy `loss.marker_mass_threshold` (positions where hedging is a live choice)."""
+    out = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logp = torch.log_softmax(_fp32_logits(hidden[start:start + chunk_size], weight, temperature), dim=-1)
+        out.append(logp[:, marker_ids].exp().sum(-1))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)

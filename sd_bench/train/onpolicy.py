@@ -43,6 +43,8 @@ from sd_bench.train.distributed import (
 from sd_bench.train.losses import (
     grpo_advantages,
     grpo_loss,
+    marker_mass_from_hidden,
+    marker_token_ids,
     marker_token_mask,
     sd_loss_from_hidden,
     token_logprobs_from_hidden,
@@ -206,6 +208,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     pad_id = tokenizer.pad_token_id
     temperature = cfg.rollout.temperature
     progress = _progress(start, cfg.run.max_steps, dist.main)
+    marker_ids = None  # remedy 2: vocabulary ids of the epistemic markers
+    if sdpo and cfg.loss.marker_mass_threshold is not None:
+        vocab_texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+        marker_ids = torch.tensor(marker_token_ids(vocab_texts), dtype=torch.long, device=dist.device)
 
     for step in range(start, cfg.run.max_steps):
         timer = Timer()
@@ -245,7 +251,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
                                               [i.response_ids for i in micro], pad_id, dist.device)
                     lp = token_logprobs_from_hidden(h, w, t, temperature=temperature,
                                                     chunk_size=cfg.loss.chunk_size)
-                    for item, part in zip(micro, lp.split([len(i.response_ids) for i in micro])):
+                    lengths = [len(i.response_ids) for i in micro]
+                    if marker_ids is not None and len(marker_ids):  # remedy 2: mask live-hedge positions
+                        mass = marker_mass_from_hidden(h, w, marker_ids, temperature=temperature,
+                                                       chunk_size=cfg.loss.chunk_size)
+                        for item, m in zip(micro, mass.split(lengths)):
+                            keep = (m < cfg.loss.marker_mass_threshold).float().tolist()
+                            item.loss_mask = [a * b for a, b in zip(item.loss_mask or [1.0] * len(keep), keep)]
+                    for item, part in zip(micro, lp.split(lengths)):
                         item.old_logprobs = part
                         diff = part - torch.tensor(item.rollout_logprobs, device=part.device)
                         gap_sum += float(diff.sum())
@@ -378,7 +391,7 @@ def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pa
         tw = tw.detach().clone() if teacher.mode == "ema" and teacher.lora else tw.detach()
     sh, sw, t = response_hidden(train_module, [i.prompt_ids for i in micro], responses, pad_id, device)
     mask = torch.ones_like(t, dtype=torch.float32)
-    if any(i.loss_mask is not None for i in micro):  # loss.exclude_markers
+    if any(i.loss_mask is not None for i in micro):  # loss.exclude_markers / loss.marker_mass_threshold
         mask = torch.tensor([m for i in micro for m in (i.loss_mask or [1.0] * len(i.response_ids))],
                             dtype=torch.float32, device=device)
     return sd_loss_from_hidden(sh, sw, th, tw, t, mask, old,

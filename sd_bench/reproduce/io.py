@@ -1,0 +1,152 @@
+"""What every `sd-bench reproduce` stage reads and writes, whatever the scale (smoke.py, full.py).
+
+One place for the file formats stages hand to each other, so the toy world and the real models produce the
+same shapes: JSONL rows (traces, probes, per-sample logs), the JSON-safe part of lm-eval's return, per-sample
+records shaped like lm-eval's `--log_samples` (what `sd-bench markers` reads), Table 1's probe metrics, and
+the in-process `sd-bench train` call whose run folder the next stages read. Stages write these through
+`StageContext.write_text` (atomic: a resumed run never reads half a file).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """One JSON object per line, keys sorted (stable bytes for the same rows)."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    """Rows of a JSONL file; a bad line raises naming the file and line."""
+    path = Path(path)
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not JSON ({exc})") from None
+    return rows
+
+
+def lm_eval_summary(res: dict) -> dict:
+    """The JSON-safe part of `lm_eval.simple_evaluate`'s return that `tables.from_lm_eval` reads."""
+    return {
+        "results": res["results"],
+        "n-samples": res.get("n-samples", {}),
+        "configs": {t: {"repeats": c.get("repeats")} for t, c in res.get("configs", {}).items()},
+        "group_subtasks": res.get("group_subtasks", {}),
+        "config": {"model_args": (res.get("config") or {}).get("model_args")},
+        "versions": res.get("versions", {}),
+        "git_hash": res.get("git_hash"),
+        "date": res.get("date"),
+    }
+
+
+def lm_eval_run(*, seed: int, **kwargs) -> tuple[dict, float]:
+    """`lm_eval.simple_evaluate(**kwargs)` as every stage calls it: per-sample logs on (markers, samples
+    files), no bootstrap (the tables carry their own statistics), python / numpy / torch / few-shot seeds all
+    `seed` (the same seed gives the same numbers). Returns (lm-eval's result, wall seconds)."""
+    import time
+
+    import lm_eval
+
+    t0 = time.monotonic()
+    res = lm_eval.simple_evaluate(
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        verbosity="WARNING",
+        **kwargs,
+    )
+    return res, time.monotonic() - t0
+
+
+SAMPLE_METRICS = ("acc", "epistemic_count", "response_tokens")
+
+
+def sample_rows(res: dict, tasks: Iterable[str]) -> dict[str, list[dict]]:
+    """task -> per-doc records shaped like lm-eval's --log_samples (`filtered_resps` holds all k responses),
+    so `sd-bench markers` reads them; the doc is cut to its id and answer (no problem text twice)."""
+    out: dict[str, list[dict]] = {}
+    for task in tasks:
+        rows = []
+        for s in res.get("samples", {}).get(task, []):
+            resps = s.get("filtered_resps") or s.get("resps") or []
+            if len(resps) == 1 and isinstance(resps[0], (list, tuple)):
+                resps = resps[0]
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": s["doc_id"],
+                    "doc": {"id": s["doc"].get("id"), "answer": s["doc"].get("answer")},
+                    "filtered_resps": [str(r) for r in resps],
+                    **{m: s.get(m) for m in SAMPLE_METRICS if m in s},
+                }
+            )
+        out[task] = rows
+    return out
+
+
+def probe_metrics(rows: list[dict], counts: list[dict[str, int]], epistemic_key: str) -> dict[str, float]:
+    """Table 1's columns over graded responses: score (mean `correct`), length (mean `tokens`), E(y) (mean
+    `rows[i][epistemic_key]`) and the mean count of each marker (`counts[i]`: sd_bench.markers.marker_counts)."""
+    from sd_bench.markers import MARKERS
+
+    n = len(rows)
+    return {
+        "acc": sum(r["correct"] for r in rows) / n,
+        "response_tokens": sum(r["tokens"] for r in rows) / n,
+        "epistemic_count": sum(r[epistemic_key] for r in rows) / n,
+        **{f"marker_{m}": sum(c[m] for c in counts) / n for m in MARKERS},
+    }
+
+
+def probe_result(
+    condition: str,
+    task: str,
+    rows: list[dict],
+    counts: list[dict[str, int]],
+    epistemic_key: str,
+    *,
+    k: int,
+    source: str,
+    **run,
+) -> dict:
+    """One Table 1 result file (schema sd-bench/result/v1): `probe_metrics` of one context's responses,
+    the probe file as its source, stamped with provenance (`run`: provenance.stamp's model, data, seed...)."""
+    from sd_bench import provenance, tables
+
+    if not rows:
+        raise ValueError(f"{source}: no responses")
+    result = tables.make_result(
+        condition,
+        task,
+        probe_metrics(rows, counts, epistemic_key),
+        n_problems=len({r["id"] for r in rows}),
+        k=k,
+        provenance={"samples": source},
+    )
+    return provenance.stamp(result, k=k, **run)
+
+
+def run_trainer(recipe: str, output: Path, args: list[str], *, scale: str, resume: bool = False) -> None:
+    """`sd-bench train RECIPE --scale SCALE --output OUTPUT [--resume] key=value...`, in-process
+    (sd_bench.train.cli), so a stage fails with the trainer's own exception; raises on a non-zero exit."""
+    import argparse
+
+    from sd_bench.train import cli as train_cli
+
+    parser = argparse.ArgumentParser(prog="sd-bench train")
+    train_cli.add_arguments(parser)
+    # options first: argparse matches the positionals (recipe, key=value...) in one go
+    opts = ["--scale", scale, "--output", str(output), *(["--resume"] if resume else [])]
+    rc = train_cli.run(parser.parse_args([*opts, recipe, *args]))
+    if rc:
+        raise RuntimeError(f"sd-bench train {recipe} --scale {scale} {' '.join(args)} exited with {rc}")
