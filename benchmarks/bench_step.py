@@ -41,40 +41,40 @@ from sd_bench.train.losses import sd_loss_from_hidden
 
 SHAPES = {
     # Qwen3-1.7B (config.json of Qwen/Qwen3-1.7B): tied embeddings, GQA 16/8 heads of 128.
-    "qwen3-1.7b": dict(
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
+    "qwen3-1.7b": {
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
     # Qwen3-0.6B: for a smaller GPU check.
-    "qwen3-0.6b": dict(
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
+    "qwen3-0.6b": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
     # CPU default: Qwen3's real vocabulary (so the loss does its real work) on a 2-layer body. The wider
     # init (0.2, not 0.02) gives peaked next-token distributions, so top-k and the JSD are not degenerate.
-    "tiny": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-        initializer_range=0.2,
-    ),
+    "tiny": {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "vocab_size": 151936,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.2,
+    },
 }
 H100_MEASURED_BF16_PEAK = (
     798e12  # issue 3: the measured bf16 dense matmul peak the reference is quoted against

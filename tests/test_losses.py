@@ -34,7 +34,7 @@ def test_topk_with_k_equal_vocab_is_the_full_vocabulary_jsd(alpha):
     t = _logits(6, 40, 1)
     ids = torch.randint(0, 40, (6,))
     mask = torch.ones(6)
-    kw = dict(alpha=alpha, is_clip=None)
+    kw = {"alpha": alpha, "is_clip": None}
     full, _ = L.sd_loss_from_logits(s, t, ids, mask, top_k=None, **kw)
     (g_full,) = torch.autograd.grad(full, s)
     topk, stats = L.sd_loss_from_logits(s, t, ids, mask, top_k=40, **kw)
@@ -76,11 +76,11 @@ def test_topk_plus_tail_bucket_by_hand():
 
 
 CASES = [
-    dict(alpha=0.5, top_k=10, is_clip=2.0, mode="jsd", temperature=1.0),
-    dict(alpha=0.0, top_k=None, is_clip=None, mode="jsd", temperature=1.0),
-    dict(alpha=1.0, top_k=7, is_clip=1.5, mode="jsd", temperature=0.7),
-    dict(alpha=0.5, top_k=None, is_clip=2.0, mode="jsd", temperature=1.0),
-    dict(alpha=1.0, top_k=None, is_clip=2.0, mode="sampled_token", temperature=1.0),
+    {"alpha": 0.5, "top_k": 10, "is_clip": 2.0, "mode": "jsd", "temperature": 1.0},
+    {"alpha": 0.0, "top_k": None, "is_clip": None, "mode": "jsd", "temperature": 1.0},
+    {"alpha": 1.0, "top_k": 7, "is_clip": 1.5, "mode": "jsd", "temperature": 0.7},
+    {"alpha": 0.5, "top_k": None, "is_clip": 2.0, "mode": "jsd", "temperature": 1.0},
+    {"alpha": 1.0, "top_k": None, "is_clip": 2.0, "mode": "sampled_token", "temperature": 1.0},
 ]
 
 

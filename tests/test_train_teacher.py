@@ -45,7 +45,7 @@ def _step(cfg, model, teacher, item, lr=1e-2):
 
 
 def test_lora_gradients_reach_only_the_adapter_and_frozen_teacher_is_the_base(tmp_path):
-    cfg, model, tok, teacher, item = _setup(tmp_path, "lora", "frozen")
+    cfg, model, _tok, teacher, item = _setup(tmp_path, "lora", "frozen")
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     loss = _step(cfg, model, teacher, item)
     assert loss > 0
@@ -69,7 +69,7 @@ def test_lora_gradients_reach_only_the_adapter_and_frozen_teacher_is_the_base(tm
 
 
 def test_full_ft_frozen_teacher_never_moves(tmp_path):
-    cfg, model, tok, teacher, item = _setup(tmp_path, "full", "frozen")
+    cfg, model, _tok, teacher, item = _setup(tmp_path, "full", "frozen")
     before = {n: p.detach().clone() for n, p in teacher.copy.named_parameters()}
     for _ in range(2):
         _step(cfg, model, teacher, item)
@@ -81,7 +81,7 @@ def test_full_ft_frozen_teacher_never_moves(tmp_path):
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_ema_teacher_moves_by_rate_r(tmp_path, finetune):
     rate = 0.25
-    cfg, model, tok, teacher, item = _setup(tmp_path, finetune, "ema", rate)
+    cfg, model, _tok, teacher, item = _setup(tmp_path, finetune, "ema", rate)
     old = {n: t.clone() for n, t in teacher.state_dict().items()}
     _step(cfg, model, teacher, item)
     student = dict(model.named_parameters())
@@ -95,6 +95,6 @@ def test_ema_teacher_moves_by_rate_r(tmp_path, finetune):
 
 
 def test_live_teacher_is_the_current_student(tmp_path):
-    cfg, model, tok, teacher, item = _setup(tmp_path, "full", "live")
+    _cfg, model, _tok, teacher, _item = _setup(tmp_path, "full", "live")
     with teacher.weights(model) as t_model:
         assert t_model is model
