@@ -72,7 +72,7 @@ def test_committed_guards_hold_and_a_planted_violation_fails(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     planted = json.loads(ABLATIONS.read_text())
     # SD(solution) keeps the base's hedge on one seed: the collapse guard must fire
-    planted["conditions"]["sd_solution"]["max"]["id_waits"] = planted["conditions"]["base"]["max"]["id_waits"]
+    planted["conditions"]["sd_solution"]["per_seed"]["id_waits"][1] = 0.5
     bad = tmp_path / "ablations.json"
     bad.write_text(json.dumps(planted))
     fail = _check(bad, RULES)
