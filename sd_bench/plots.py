@@ -137,7 +137,7 @@ def plot_marker_deltas(
     conditions = list(deltas)
     markers = list(dict.fromkeys(m for d in deltas.values() for m in d))
     width = 0.8 / max(len(conditions), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(markers) * max(len(conditions), 1)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(markers) + 1), 3.6))  # bars of all runs share a slot
     for j, cond in enumerate(conditions):
         xs = [i + (j - (len(conditions) - 1) / 2) * width for i in range(len(markers))]
         ax.bar(xs, [deltas[cond].get(m, 0.0) for m in markers], width, label=cond)

@@ -38,6 +38,30 @@ def test_smoke_plans_are_fully_implemented(target):
     assert all(s.model in (None, "sd_bench/toy/base") or s.model.startswith("runs/") for s in plan.stages)
 
 
+def test_smoke_figures_reuse_table3_and_figure3_stages():
+    """Figures 4, 7, 8 add at most one training run (7's EMA teacher) to what Table 3 / Figure 3 already ran;
+    figures 5 and 6 (several base models) have no toy version and say where they do exist."""
+
+    def plan(target):
+        return P.build_plan(P.PlanRequest(target, "smoke", manifest.load()))
+
+    done = {s.name for t in ("table3", "figure3") for s in plan(t).stages}
+    for target, new in (
+        ("figure4", {"render/figure4"}),
+        ("figure7", {"train/fig_sd_ema", "evaluate/fig_sd_ema", "render/figure7"}),
+        ("figure8", {"render/figure8"}),
+    ):
+        p = plan(target)
+        assert P.missing_implementations(p) == []
+        assert {s.name for s in p.stages} - done == new, target
+    ema = next(s for s in plan("figure7").stages if s.name == "train/fig_sd_ema")
+    assert ema.recipe == "sdpo_reference" and "teacher.ema_rate=0.05" in ema.params["extra"]
+    assert sum(s.kind == "train" for s in plan("figure8").stages) == 8
+    for n in (5, 6):
+        with pytest.raises(P.PlanError, match=r"single base model.*--scale small"):
+            plan(f"figure{n}")
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "out"

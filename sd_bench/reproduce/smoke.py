@@ -11,6 +11,10 @@ sees the solution never hedges, and distilling it removes the hedge and the accu
     sd-bench reproduce --table 1 --scale smoke --output DIR     # contexts none / answer / solution
     sd-bench reproduce --table 3 --scale smoke --output DIR     # coverage sweep, SDPO vs GRPO
     sd-bench reproduce --figure 3 --scale smoke --output DIR    # on-policy curves (reuses Table 3's broad runs)
+    sd-bench reproduce --figure 4 --scale smoke --output DIR    # per-marker deltas of Figure 3's runs vs base
+    sd-bench reproduce --figure 7 --scale smoke --output DIR    # frozen vs EMA (0.05) teacher: one more run
+    sd-bench reproduce --figure 8 --scale smoke --output DIR    # coverage curves from Table 3's runs
+    (figures 5 and 6 compare base models; the toy world has one, so they exist at --scale small|paper only)
 
 Table 2 = the protocol plan of plan.py with these implementations:
 
@@ -944,7 +948,7 @@ def table3_smoke(req: PlanRequest) -> list[Stage]:
     return stages
 
 
-# --- Figure 3 (smoke): on-policy curves, SD under each teacher context vs GRPO, broad coverage -------
+# --- Figures (smoke): on-policy curves on broad coverage, reusing Table 3's runs -------------------
 
 FIG_RUNS = {  # condition -> (recipe, label); cov_dbroad_* are Table 3's runs (reused in the same DIR)
     "cov_dbroad_grpo": ("grpo", "GRPO"),
@@ -952,11 +956,18 @@ FIG_RUNS = {  # condition -> (recipe, label); cov_dbroad_* are Table 3's runs (r
     "fig_sd_answer": ("sdpo_answer", "SD, c = answer"),
     "fig_sd_none": ("sdpo_none", "SD, c = none"),
 }
+# Figure 7: the paper's EMA-teacher ablation (rate 0.05) against Figure 3's frozen-teacher SD(solution) run
+EMA_OVERRIDES = ("teacher.mode=ema", "teacher.ema_rate=0.05")
+FIG7_RUNS = {
+    "cov_dbroad_sdpo": ("sdpo_reference", "SD, c = solution, frozen teacher"),
+    "fig_sd_ema": ("sdpo_reference", "SD, c = solution, EMA teacher (0.05)"),
+}
+RUN_EXTRA = {"fig_sd_ema": EMA_OVERRIDES}  # trainer overrides of a figure run beyond ONPOLICY_OVERRIDES
 
 
-@register("figure3", "smoke")
-def figure3_smoke(req: PlanRequest) -> list[Stage]:
-    """Training score, length, E(y) over steps (metrics.jsonl) and held-out OOD accuracy at 0 and the end."""
+def _broad_stages(runs: dict[str, tuple[str, str]]) -> list[Stage]:
+    """The toy data, the base's evaluation and one train (+ evaluate) stage per run on broad coverage, named
+    as in Table 3 / Figure 3 so the executor reuses whatever is finished in the same output folder."""
     data = "data/toy_trainbroad.jsonl"
     stages = [
         Stage(
@@ -969,38 +980,162 @@ def figure3_smoke(req: PlanRequest) -> list[Stage]:
         ),
         _eval_stage("t3_base", "sd_bench/toy/base", limit=T3_EVAL_PROBLEMS),
     ]
-    for cond, (recipe, _) in FIG_RUNS.items():
-        stages.append(_train_stage(cond, recipe, data))
+    for cond, (recipe, _) in runs.items():
+        stages.append(_train_stage(cond, recipe, data, extra=RUN_EXTRA.get(cond, ())))
         stages.append(
             _eval_stage(cond, f"runs/{cond}/final", inputs=(f"runs/{cond}/final",), limit=T3_EVAL_PROBLEMS)
         )
+    return stages
 
-    def render(ctx: StageContext) -> None:
-        from sd_bench import plots, tables
 
-        results = {(r["condition"], r["task"]): r for r in tables.find_results(ctx.path("eval"))}
+def _figure_stage(n: int, what: str, inputs, run) -> Stage:
+    return Stage(
+        f"render/figure{n}",
+        "render",
+        what,
+        inputs=tuple(inputs),
+        outputs=(f"figure{n}.png", f"figure{n}.svg"),
+        est_seconds=2.0,
+        run=run,
+    )
+
+
+def _results(ctx: StageContext) -> dict[tuple[str, str], dict]:
+    """(condition, task) -> result file under DIR/eval."""
+    from sd_bench import tables
+
+    return {(r["condition"], r["task"]): r for r in tables.find_results(ctx.path("eval"))}
+
+
+def _curves_render(n: int, runs: dict[str, tuple[str, str]], title: str):
+    """Run callable: training curves (metrics.jsonl) of `runs` + held-out OOD accuracy at step 0 (the base)
+    and at the end."""
+
+    def run(ctx: StageContext) -> None:
+        from sd_bench import plots
+
+        results = _results(ctx)
         base = results[("t3_base", "sd_toy_ood")]["metrics"]["acc"]
-        runs, points = {}, {}
-        for cond, (_, label) in FIG_RUNS.items():
-            runs[label] = ctx.path(f"runs/{cond}/metrics.jsonl")
+        curves, points = {}, {}
+        for cond, (_, label) in runs.items():
+            curves[label] = ctx.path(f"runs/{cond}/metrics.jsonl")
             points[label] = [(0, base), (T3_STEPS, results[(cond, "sd_toy_ood")]["metrics"]["acc"])]
         plots.plot_training_curves(
-            runs,
-            ctx.path("figure3"),
+            curves,
+            ctx.path(f"figure{n}"),
             eval_points=points,
             eval_label=f"OOD avg@{EVAL_K} (sd_toy_ood)",
-            title=f"Figure 3 (smoke): toy world, broad coverage, {T3_STEPS} steps",
+            title=title,
         )
 
-    stages.append(
-        Stage(
-            "render/figure3",
-            "render",
+    return run
+
+
+@register("figure3", "smoke")
+def figure3_smoke(req: PlanRequest) -> list[Stage]:
+    """Training score, length, E(y) over steps (metrics.jsonl) and held-out OOD accuracy at 0 and the end."""
+    return _broad_stages(FIG_RUNS) + [
+        _figure_stage(
+            3,
             "on-policy curves: SD (none / answer / solution) vs GRPO",
-            inputs=tuple(f"runs/{c}/metrics.jsonl" for c in FIG_RUNS),
-            outputs=("figure3.png", "figure3.svg"),
-            est_seconds=2.0,
-            run=render,
+            [f"runs/{c}/metrics.jsonl" for c in FIG_RUNS],
+            _curves_render(3, FIG_RUNS, f"Figure 3 (smoke): toy world, broad coverage, {T3_STEPS} steps"),
         )
-    )
-    return stages
+    ]
+
+
+FIG4_TASK = "sd_toy_id"  # the paper's Figure 4 counts markers on AIME24, its in-domain benchmark
+
+
+@register("figure4", "smoke")
+def figure4_smoke(req: PlanRequest) -> list[Stage]:
+    """Per-marker change of the mean count per response (run - base) of Figure 3's runs on sd_toy_id, from
+    their evaluation result files (`marker_<m>`). The toy world only knows `wait`; all 10 markers are plotted
+    anyway, so the other nine show as zero rather than missing."""
+
+    def render(ctx: StageContext) -> None:
+        from sd_bench import plots
+        from sd_bench.markers import MARKERS
+
+        results = _results(ctx)
+
+        def counts(cond: str) -> dict[str, float]:
+            return {m: results[(cond, FIG4_TASK)]["metrics"].get(f"marker_{m}", 0.0) for m in MARKERS}
+
+        base = counts("t3_base")
+        plots.plot_marker_deltas(
+            {label: plots.marker_deltas(base, counts(cond)) for cond, (_, label) in FIG_RUNS.items()},
+            ctx.path("figure4"),
+            title=f"Figure 4 (smoke): per-marker change vs base, {FIG4_TASK}, {T3_STEPS} steps",
+        )
+
+    return _broad_stages(FIG_RUNS) + [
+        _figure_stage(
+            4,
+            f"per-marker epistemic deltas vs base ({FIG4_TASK})",
+            [f"eval/{c}/{FIG4_TASK}.json" for c in ("t3_base", *FIG_RUNS)],
+            render,
+        )
+    ]
+
+
+def _one_base_model(n: int):
+    def builder(req: PlanRequest) -> list[Stage]:
+        from sd_bench.reproduce.plan import PlanError
+
+        raise PlanError(
+            f"figure {n} compares base models (5: Qwen3-8B thinking on / off; 6: Olmo-3-7B-Instruct, "
+            "Qwen3-1.7B), but the smoke scale's toy world has a single base model without <think>, so it has "
+            f"no smoke version; run `sd-bench reproduce --figure {n} --scale small` (or --scale paper) instead "
+            "(sd_bench/reproduce/full.py)"
+        )
+
+    return builder
+
+
+for _n in (5, 6):
+    register(f"figure{_n}", "smoke")(_one_base_model(_n))
+
+
+@register("figure7", "smoke")
+def figure7_smoke(req: PlanRequest) -> list[Stage]:
+    """SD (c = solution) with a frozen vs an EMA (rate 0.05) teacher: curves + held-out OOD accuracy. The
+    frozen run is Table 3's / Figure 3's cov_dbroad_sdpo; the EMA run differs only in EMA_OVERRIDES."""
+    return _broad_stages(FIG7_RUNS) + [
+        _figure_stage(
+            7,
+            "on-policy curves: SD (c = solution), frozen vs EMA (0.05) teacher",
+            [f"runs/{c}/metrics.jsonl" for c in FIG7_RUNS],
+            _curves_render(
+                7, FIG7_RUNS, f"Figure 7 (smoke): teacher EMA ablation, broad coverage, {T3_STEPS} steps"
+            ),
+        )
+    ]
+
+
+@register("figure8", "smoke")
+def figure8_smoke(req: PlanRequest) -> list[Stage]:
+    """Training score and E(y) over steps for every |D| x {GRPO, SDPO} run of Table 3 (its train stages,
+    reused in the same DIR; no evaluation needed): narrow SD fits its few problems fastest."""
+    train = [s for s in table3_smoke(req) if s.kind in ("generate", "train")]
+    conds = [s.name.removeprefix("train/") for s in train if s.kind == "train"]
+
+    def label(cond: str) -> str:
+        size, method = cond.removeprefix("cov_d").split("_")
+        return f"|D| = {size}, {'SDPO' if method == 'sdpo' else 'GRPO'}"
+
+    def render(ctx: StageContext) -> None:
+        from sd_bench import plots
+
+        plots.plot_training_curves(
+            {label(c): ctx.path(f"runs/{c}/metrics.jsonl") for c in conds},
+            ctx.path("figure8"),
+            metrics=("score", "epistemic_count"),
+            title=f"Figure 8 (smoke): coverage sweep, {T3_STEPS} steps",
+        )
+
+    return train + [
+        _figure_stage(
+            8, "coverage sweep curves: |D| x {GRPO, SDPO}", [f"runs/{c}/metrics.jsonl" for c in conds], render
+        )
+    ]
