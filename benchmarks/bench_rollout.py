@@ -33,12 +33,20 @@ def before(model, tokenizer, prompts, n, max_new_tokens, seeds, stop_ids):
             input_ids = torch.tensor([prompt] * n)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                     max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                                     pad_token_id=tokenizer.pad_token_id, output_scores=True,
-                                     return_dict_in_generate=True)
-            new = out.sequences[:, len(prompt):]
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    do_sample=True,
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=0,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=stop_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            new = out.sequences[:, len(prompt) :]
             scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)
             token_lp = scores.gather(-1, new.unsqueeze(-1)).squeeze(-1)
             for row in range(n):
@@ -71,11 +79,19 @@ def bench(name: str, path: Path, user_turns: list[str], max_new: int, n: int, re
     row = {"model": name, "prompts": len(prompts), "n": n, "max_new_tokens": max_new}
     for label, fn in [
         ("before", lambda: before(model, tok, prompts, n, max_new, seeds, engine.stop_ids)),
-        ("after", lambda: engine.generate(prompts, n=n, temperature=1.0, top_p=1.0, max_new_tokens=max_new,
-                                          seeds=seeds)),
+        (
+            "after",
+            lambda: engine.generate(
+                prompts, n=n, temperature=1.0, top_p=1.0, max_new_tokens=max_new, seeds=seeds
+            ),
+        ),
     ]:
         seconds, tokens = measure(fn, repeats)
-        row[label] = {"seconds": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+        row[label] = {
+            "seconds": round(seconds, 3),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+        }
     row["speedup"] = round(row["after"]["tokens_per_s"] / row["before"]["tokens_per_s"], 2)
     return row
 
@@ -94,16 +110,21 @@ def main() -> int:
     rows = [bench("toy base (0.86M)", Path(BASE_DIR), toy_turns, 64, 8, args.repeats)]
     with tempfile.TemporaryDirectory() as tmp:
         tiny = build_tiny_qwen3(Path(tmp) / "tiny")
-        tiny_turns = [f"What is {a} + {b}?" for a, b in [(1, 2), (2, 5), (3, 4), (1, 7), (4, 4), (2, 3), (5, 1),
-                                                         (3, 6)]]
+        tiny_turns = [
+            f"What is {a} + {b}?" for a, b in [(1, 2), (2, 5), (3, 4), (1, 7), (4, 4), (2, 3), (5, 1), (3, 6)]
+        ]
         rows.append(bench("tiny random Qwen3", tiny, tiny_turns, 32, 8, args.repeats))
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)"
+    )
     print("| model | rollouts | before tok/s | after tok/s | speedup |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['prompts']} x {r['n']}, max {r['max_new_tokens']} | "
-              f"{r['before']['tokens_per_s']} ({r['before']['seconds']} s) | "
-              f"{r['after']['tokens_per_s']} ({r['after']['seconds']} s) | {r['speedup']}x |")
+        print(
+            f"| {r['model']} | {r['prompts']} x {r['n']}, max {r['max_new_tokens']} | "
+            f"{r['before']['tokens_per_s']} ({r['before']['seconds']} s) | "
+            f"{r['after']['tokens_per_s']} ({r['after']['seconds']} s) | {r['speedup']}x |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

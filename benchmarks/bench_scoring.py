@@ -38,14 +38,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if "--all-cores" in sys.a
 from sd_bench.lm_eval_tasks import score_responses
 
 FILLER = [
-    "Wait, let me check this again.", "Hmm, perhaps I made an arithmetic slip.", "Maybe we should try $x = 3$.",
-    "Actually, the discriminant is $b^2 - 4ac = 49 - 40 = 9$.", "Alternatively, use $\\frac{a+b}{2} \\ge \\sqrt{ab}$.",
-    "It seems the sum $\\sum_{k=1}^{n} k^2 = \\frac{n(n+1)(2n+1)}{6}$ applies.", "This might be wrong.",
-    "So the area is $\\frac{1}{2} \\cdot 6 \\cdot 8 = 24$.", "Likely the answer is an integer.",
-    "Let me verify: $3^4 = 81$ and $81 \\bmod 7 = 4$.", "Therefore $\\angle ABC = 60^\\circ$.",
+    "Wait, let me check this again.",
+    "Hmm, perhaps I made an arithmetic slip.",
+    "Maybe we should try $x = 3$.",
+    "Actually, the discriminant is $b^2 - 4ac = 49 - 40 = 9$.",
+    "Alternatively, use $\\frac{a+b}{2} \\ge \\sqrt{ab}$.",
+    "It seems the sum $\\sum_{k=1}^{n} k^2 = \\frac{n(n+1)(2n+1)}{6}$ applies.",
+    "This might be wrong.",
+    "So the area is $\\frac{1}{2} \\cdot 6 \\cdot 8 = 24$.",
+    "Likely the answer is an integer.",
+    "Let me verify: $3^4 = 81$ and $81 \\bmod 7 = 4$.",
+    "Therefore $\\angle ABC = 60^\\circ$.",
     "We have $\\left( x - \\frac{1}{x} \\right)^2 = x^2 - 2 + \\frac{1}{x^2}$.",
 ]
-FALLBACK_GOLDS = ["540", "70", "27", "\\left( 3, \\frac{\\pi}{2} \\right)", "\\frac{14}{3}", "3\\sqrt{13}", "p - q"]
+FALLBACK_GOLDS = [
+    "540",
+    "70",
+    "27",
+    "\\left( 3, \\frac{\\pi}{2} \\right)",
+    "\\frac{14}{3}",
+    "3\\sqrt{13}",
+    "p - q",
+]
 
 
 def bench_tokenizer() -> tuple[str, str]:
@@ -60,8 +74,12 @@ def bench_tokenizer() -> tuple[str, str]:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
-            vocab_size=16000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        tok.train_from_iterator(
+            texts,
+            trainer=trainers.BpeTrainer(
+                vocab_size=16000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+            ),
+        )
         tok.save(str(folder / "tokenizer.json"))
         return str(folder), f"byte-level BPE trained on MATH500 ({tok.get_vocab_size()} entries)"
     except Exception:  # noqa: BLE001  no data: the tiny tokenizer still measures the code path
@@ -90,7 +108,9 @@ def realistic(rng: random.Random, gold: str) -> str:
         parts.append(s + (" " if rng.random() < 0.8 else "\n\n"))
         size += len(s) + 1
     answer = gold if rng.random() < 0.5 else str(rng.randint(1, 999))
-    parts.append(f"</think>\n\nThe computation above gives the result.\n\nTherefore the final answer is $\\boxed{{{answer}}}$.")
+    parts.append(
+        f"</think>\n\nThe computation above gives the result.\n\nTherefore the final answer is $\\boxed{{{answer}}}$."
+    )
     return "".join(parts)
 
 
@@ -119,8 +139,10 @@ def summary(label: str, ms: list[float]) -> None:
     """One line: mean (= total / count: comparable between batched and single scoring), median, p99, max."""
     ms = sorted(ms)
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
-    print(f"  {label:42s} mean {statistics.fmean(ms):6.2f}  median {statistics.median(ms):6.2f}  "
-          f"p99 {p99:7.2f}  max {ms[-1]:8.2f} ms")
+    print(
+        f"  {label:42s} mean {statistics.fmean(ms):6.2f}  median {statistics.median(ms):6.2f}  "
+        f"p99 {p99:7.2f}  max {ms[-1]:8.2f} ms"
+    )
 
 
 def main() -> None:
@@ -143,11 +165,15 @@ def main() -> None:
         docs.append(({"answer": gold, "tokenizer": tokenizer}, [realistic(rng, gold) for _ in range(args.k)]))
     chars = [len(t) for _, texts in docs for t in texts]
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
-          f"{'all' if args.all_cores else 1} used; load average {load}; Python {platform.python_version()}; "
-          f"tokenizer: {tok_label}")
-    print(f"realistic: {args.docs} problems x k={args.k} = {len(chars)} responses, {min(chars)}-{max(chars)} chars "
-          f"(median {int(statistics.median(chars))})")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+        f"{'all' if args.all_cores else 1} used; load average {load}; Python {platform.python_version()}; "
+        f"tokenizer: {tok_label}"
+    )
+    print(
+        f"realistic: {args.docs} problems x k={args.k} = {len(chars)} responses, {min(chars)}-{max(chars)} chars "
+        f"(median {int(statistics.median(chars))})"
+    )
     from sd_bench.answer import _parse_gold
     from sd_bench.lm_eval_tasks import batch_token_counter, process_results
 
@@ -177,7 +203,7 @@ def main() -> None:
         notok = lambda ts, doc=doc: process_results(doc | {"tokenizer": ""}, [ts])
         # The two modes interleaved per problem, alternating which goes first, so that the load of this
         # shared machine drifts over both alike.
-        for mode in (("b", "s") if i % 2 == 0 else ("s", "b")):
+        for mode in ("b", "s") if i % 2 == 0 else ("s", "b"):
             if mode == "b":
                 rows["b_full"].append(batched(full, texts))
                 rows["b_tok"].append(batched(count, texts))
@@ -189,8 +215,10 @@ def main() -> None:
                 rows["s_wall"] += alone(full, texts, wall)
     # Batched figures are one number per problem (its total / k): their median is that of per-problem MEAN
     # costs, which exceeds the median response's cost (lengths are log-uniform); compare modes by the mean.
-    print(f"per response, the k={args.k} responses of a problem in one process_results call (as lm-eval "
-          f"calls it; {args.docs} problems):")
+    print(
+        f"per response, the k={args.k} responses of a problem in one process_results call (as lm-eval "
+        f"calls it; {args.docs} problems):"
+    )
     summary("full scoring, CPU", rows["b_full"])
     summary("  of which token count (one batched call)", rows["b_tok"])
     summary("scoring without tokens (response_chars)", rows["b_notok"])

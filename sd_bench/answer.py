@@ -47,7 +47,7 @@ class Grade:
 def answer_region(response: str) -> str:
     """Text after the last `</think>`, else the whole response."""
     cut = response.rfind(THINK_CLOSE)
-    return response if cut < 0 else response[cut + len(THINK_CLOSE):]
+    return response if cut < 0 else response[cut + len(THINK_CLOSE) :]
 
 
 def last_boxed(text: str) -> str | None:
@@ -72,7 +72,7 @@ def last_boxed(text: str) -> str | None:
         if after < len(text) and text[after] == "{":
             end = closing.get(after)
             if end is not None:
-                return text[after + 1:end].strip()
+                return text[after + 1 : end].strip()
             continue
         m = _SPACE_ARG.match(text, after)
         if m:

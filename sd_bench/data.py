@@ -43,24 +43,42 @@ URL_TEMPLATE = "https://raw.githubusercontent.com/{repo}/{commit}/data/{relpath}
 
 # set name -> (path under data/, sha256 at COMMIT). Sizes: 30, 30, 40, 500; DAPO subsets 64, 64, 64, 128, 512 rows.
 SETS: dict[str, tuple[str, str]] = {
-    "aime24": ("math/evaluation/aime24.parquet",
-               "6ef8f7d9e3566cdb820d12ed12dc8aa4fe328ce139fa3a1c4c0a4c452a70b789"),
-    "aime25": ("math/evaluation/aime25.parquet",
-               "fb078f2e9692ca459c43c98f012d0a4f4c652f98f265072b6327ece431fc59bc"),
-    "amc23": ("math/evaluation/amc23.parquet",
-              "6578106f9829e7dec492f4554935fb4a5c25c0b753287f8a2d5e931c7e9eeab7"),
-    "math500": ("math/evaluation/math500.parquet",
-                "a9f68e1217dc0c0a058a2b531554f8737d4f880f63c011d684780f98a436a28f"),
-    "dapo_seen_1x64": ("math/section_6_2/seen_1x64.parquet",
-                       "be287350eb44f5f09f8ca0bfab958bbba8ca0bb39f53ef08ced0063ec0649b26"),
-    "dapo_seen_8x8": ("math/section_6_2/seen_8x8.parquet",
-                      "6bfa1a84cd19143b8e1ce8230d4d82f15b447e820cc9a25a63a0e26ba69f64de"),
-    "dapo_seen_64": ("math/section_6_2/seen_64.parquet",
-                     "8b5594cdeb75943f9586e6494c28e681832ee0690d86675218b4bf4aac202591"),
-    "dapo_seen_128": ("math/section_6_2/seen_128.parquet",
-                      "72ad58907726ebb1af92cb1a3e2813d66c1d14ca78491da2fec719a55e2ada68"),
-    "dapo_seen_512": ("math/section_6_2/seen_512.parquet",
-                      "6c92acdacedfb9ea04ff9ed27b903cb1b5d34ce17277a61fc8959b2a1a246c49"),
+    "aime24": (
+        "math/evaluation/aime24.parquet",
+        "6ef8f7d9e3566cdb820d12ed12dc8aa4fe328ce139fa3a1c4c0a4c452a70b789",
+    ),
+    "aime25": (
+        "math/evaluation/aime25.parquet",
+        "fb078f2e9692ca459c43c98f012d0a4f4c652f98f265072b6327ece431fc59bc",
+    ),
+    "amc23": (
+        "math/evaluation/amc23.parquet",
+        "6578106f9829e7dec492f4554935fb4a5c25c0b753287f8a2d5e931c7e9eeab7",
+    ),
+    "math500": (
+        "math/evaluation/math500.parquet",
+        "a9f68e1217dc0c0a058a2b531554f8737d4f880f63c011d684780f98a436a28f",
+    ),
+    "dapo_seen_1x64": (
+        "math/section_6_2/seen_1x64.parquet",
+        "be287350eb44f5f09f8ca0bfab958bbba8ca0bb39f53ef08ced0063ec0649b26",
+    ),
+    "dapo_seen_8x8": (
+        "math/section_6_2/seen_8x8.parquet",
+        "6bfa1a84cd19143b8e1ce8230d4d82f15b447e820cc9a25a63a0e26ba69f64de",
+    ),
+    "dapo_seen_64": (
+        "math/section_6_2/seen_64.parquet",
+        "8b5594cdeb75943f9586e6494c28e681832ee0690d86675218b4bf4aac202591",
+    ),
+    "dapo_seen_128": (
+        "math/section_6_2/seen_128.parquet",
+        "72ad58907726ebb1af92cb1a3e2813d66c1d14ca78491da2fec719a55e2ada68",
+    ),
+    "dapo_seen_512": (
+        "math/section_6_2/seen_512.parquet",
+        "6c92acdacedfb9ea04ff9ed27b903cb1b5d34ce17277a61fc8959b2a1a246c49",
+    ),
 }
 
 REQUIRED_COLUMNS = ("prompt", "reward_model")
@@ -92,7 +110,9 @@ def sha256(path: Path) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "SD_BENCH_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "SD_BENCH_OFFLINE")
+    )
 
 
 def cache_dir() -> Path:
@@ -131,8 +151,16 @@ def resolve(set_name: str) -> dict:
 
     Memoised per environment (data dir, cache dir, offline, checksum switch), so 16 tasks share one check.
     """
-    env = tuple(os.environ.get(v) for v in ("SD_BENCH_DATA_DIR", "SD_BENCH_CACHE", "HF_HUB_OFFLINE",
-                                            "SD_BENCH_OFFLINE", "SD_BENCH_SKIP_CHECKSUM"))
+    env = tuple(
+        os.environ.get(v)
+        for v in (
+            "SD_BENCH_DATA_DIR",
+            "SD_BENCH_CACHE",
+            "HF_HUB_OFFLINE",
+            "SD_BENCH_OFFLINE",
+            "SD_BENCH_SKIP_CHECKSUM",
+        )
+    )
     return dict(_resolve(set_name, env))
 
 
@@ -145,7 +173,12 @@ def _resolve(set_name: str, env: tuple) -> dict:
         if not path.is_file():
             raise DataError(f"{path} does not exist (set {set_name!r}).\n{LAYOUT_HELP}")
         actual, verified = _verify(path, expected)
-        return {"path": str(path), "source": f"SD_BENCH_DATA_DIR={data_dir}", "sha256": actual, "verified": verified}
+        return {
+            "path": str(path),
+            "source": f"SD_BENCH_DATA_DIR={data_dir}",
+            "sha256": actual,
+            "verified": verified,
+        }
 
     url = URL_TEMPLATE.format(repo=REPO, commit=COMMIT, relpath=relpath)
     path = cache_dir() / COMMIT[:12] / relpath
@@ -177,8 +210,16 @@ def provenance(set_name: str) -> dict:
     if set_name in TOY_SETS:
         return _toy_provenance(set_name)
     info = resolve(set_name)
-    return {"set": set_name, "repo": REPO, "commit": COMMIT, "file": SETS[set_name][0], "source": info["source"],
-            "sha256": info["sha256"], "sha256_of": "file", "verified": info["verified"]}
+    return {
+        "set": set_name,
+        "repo": REPO,
+        "commit": COMMIT,
+        "file": SETS[set_name][0],
+        "source": info["source"],
+        "sha256": info["sha256"],
+        "sha256_of": "file",
+        "verified": info["verified"],
+    }
 
 
 def load_problems(set_name: str) -> list[Problem]:
@@ -193,8 +234,10 @@ def load_problems(set_name: str) -> list[Problem]:
     if set_name in TOY_SETS:
         return _toy_problems(set_name)
     if set_name not in SETS:
-        raise DataError(f"unknown set {set_name!r}; known sets: {', '.join(known_sets())}, or a local .parquet "
-                        "file or folder")
+        raise DataError(
+            f"unknown set {set_name!r}; known sets: {', '.join(known_sets())}, or a local .parquet "
+            "file or folder"
+        )
     return read_problems(Path(resolve(set_name)["path"]), set_name)
 
 
@@ -234,7 +277,9 @@ def read_problems(path: Path, set_name: str = "") -> list[Problem]:
         raise DataError(f"{path}: not a readable parquet file ({exc}); replace the file") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing column {missing[0]!r} (has {table.column_names}); not a verl math file")
+        raise DataError(
+            f"{path}: missing column {missing[0]!r} (has {table.column_names}); not a verl math file"
+        )
     problems = []
     for row, rec in enumerate(table.to_pylist()):
         messages = _structured(rec["prompt"], path, row, "prompt")
@@ -243,23 +288,29 @@ def read_problems(path: Path, set_name: str = "") -> list[Problem]:
         try:
             prompt = next(m["content"] for m in messages if m["role"] == "user")
         except (StopIteration, KeyError, TypeError) as exc:
-            raise DataError(f"{path}: row {row}, column 'prompt': no user message in {str(messages)[:80]!r}") from exc
+            raise DataError(
+                f"{path}: row {row}, column 'prompt': no user message in {str(messages)[:80]!r}"
+            ) from exc
         try:
             answer = str(reward["ground_truth"])
         except (KeyError, TypeError) as exc:
-            raise DataError(f"{path}: row {row}, column 'reward_model': no 'ground_truth' in {str(reward)[:80]!r}") from exc
+            raise DataError(
+                f"{path}: row {row}, column 'reward_model': no 'ground_truth' in {str(reward)[:80]!r}"
+            ) from exc
         question = extra.get("raw_problem") or prompt.removesuffix(INSTRUCTION).rstrip("\n")
         index = rec.get("problem_id") or extra.get("index", row)
-        problems.append(Problem(
-            id=f"{set_name or path.stem}/{index}",
-            question=question,
-            prompt=prompt,
-            answer=answer,
-            solution=extra.get("solution"),
-            kind="math",
-            source=rec.get("data_source") or "",
-            extra={"row": row},
-        ))
+        problems.append(
+            Problem(
+                id=f"{set_name or path.stem}/{index}",
+                question=question,
+                prompt=prompt,
+                answer=answer,
+                solution=extra.get("solution"),
+                kind="math",
+                source=rec.get("data_source") or "",
+                extra={"row": row},
+            )
+        )
     return problems
 
 
@@ -272,11 +323,15 @@ DAPO_HUB_REPO = "BytedTsinghua-SIA/DAPO-Math-17k"
 # cache folder, which is named after it) goes into `provenance("dapo_math_17k")["commit"]`. To pin, set
 # SD_BENCH_DAPO_REVISION=<40-hex commit> (a cached copy of another commit is then refused), or change this.
 DAPO_REVISION = "main"
-DAPO_DIR = "math/dapo_math_17k"  # under SD_BENCH_DATA_DIR: the Hub's data/dapo-math-17k.parquet (any *.parquet)
+DAPO_DIR = (
+    "math/dapo_math_17k"  # under SD_BENCH_DATA_DIR: the Hub's data/dapo-math-17k.parquet (any *.parquet)
+)
 # DAPO's prompt template, verified against the Hub rows ({problem} is the raw problem). PAPER.md "Prompt":
 # the paper rewrites it into `problem_prompt(problem)`, the same prompt as every other set.
-DAPO_PROMPT_HEAD = ("Solve the following math problem step by step. The last line of your response should be of "
-                    "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+DAPO_PROMPT_HEAD = (
+    "Solve the following math problem step by step. The last line of your response should be of "
+    "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
 DAPO_PROMPT_TAIL = '\n\nRemember to put your answer on its own line after "Answer:".'
 _DAPO_COLUMNS = ("data_source", "prompt", "reward_model", "extra_info")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -289,9 +344,11 @@ def dapo_revision() -> str:
 def dapo_question(prompt: str) -> str:
     """The raw problem inside DAPO's "Answer: $Answer" prompt, unchanged; ValueError if it is not that template."""
     if not (prompt.startswith(DAPO_PROMPT_HEAD) and prompt.endswith(DAPO_PROMPT_TAIL)):
-        raise ValueError(f"not DAPO's prompt template (expected {DAPO_PROMPT_HEAD[:40]!r}...{{problem}}"
-                         f"{DAPO_PROMPT_TAIL!r}), got {prompt[:60]!r}...{prompt[-40:]!r}")
-    question = prompt[len(DAPO_PROMPT_HEAD):len(prompt) - len(DAPO_PROMPT_TAIL)]
+        raise ValueError(
+            f"not DAPO's prompt template (expected {DAPO_PROMPT_HEAD[:40]!r}...{{problem}}"
+            f"{DAPO_PROMPT_TAIL!r}), got {prompt[:60]!r}...{prompt[-40:]!r}"
+        )
+    question = prompt[len(DAPO_PROMPT_HEAD) : len(prompt) - len(DAPO_PROMPT_TAIL)]
     if not question.strip():
         raise ValueError("DAPO prompt with an empty problem")
     return question
@@ -327,8 +384,10 @@ def parse_dapo(table, origin: str) -> tuple[list[Problem], dict]:
     """
     missing = [c for c in ("prompt", "reward_model", "extra_info") if c not in table.column_names]
     if missing:
-        raise DataError(f"{origin}: missing column {missing[0]!r} (has {table.column_names}); not DAPO-Math-17k's "
-                        f"Hub format (data_source, prompt, ability, reward_model, extra_info)")
+        raise DataError(
+            f"{origin}: missing column {missing[0]!r} (has {table.column_names}); not DAPO-Math-17k's "
+            f"Hub format (data_source, prompt, ability, reward_model, extra_info)"
+        )
     rows = _first_row_per_index(table)
     sub = table.select([c for c in _DAPO_COLUMNS if c in table.column_names]).take(rows)
     problems: list[Problem] = []
@@ -338,31 +397,39 @@ def parse_dapo(table, origin: str) -> tuple[list[Problem], dict]:
         try:
             prompt = next(m["content"] for m in messages if m["role"] == "user")
         except (StopIteration, KeyError, TypeError) as exc:
-            raise DataError(f"{origin}: row {row}, column 'prompt': no user message in {str(messages)[:80]!r}") from exc
+            raise DataError(
+                f"{origin}: row {row}, column 'prompt': no user message in {str(messages)[:80]!r}"
+            ) from exc
         try:
             question = dapo_question(prompt)
         except ValueError as exc:
-            raise DataError(f"{origin}: row {row}, column 'prompt': {exc}. Only DAPO-Math-17k's own prompts can be "
-                            "rewritten; fix or drop the row") from exc
+            raise DataError(
+                f"{origin}: row {row}, column 'prompt': {exc}. Only DAPO-Math-17k's own prompts can be "
+                "rewritten; fix or drop the row"
+            ) from exc
         reward = _structured(rec["reward_model"], origin, row, "reward_model")
         try:
             answer = str(reward["ground_truth"])
         except (KeyError, TypeError) as exc:
-            raise DataError(f"{origin}: row {row}, column 'reward_model': no 'ground_truth' in {str(reward)[:80]!r}") from exc
+            raise DataError(
+                f"{origin}: row {row}, column 'reward_model': no 'ground_truth' in {str(reward)[:80]!r}"
+            ) from exc
         if question in seen:
             continue
         seen.add(question)
         extra = _structured(rec.get("extra_info") or {}, origin, row, "extra_info") or {}
         index = extra.get("index")
-        problems.append(Problem(
-            id=f"{DAPO_SET}/{index if index is not None else row}",
-            question=question,
-            prompt=problem_prompt(question),
-            answer=answer,
-            kind="math",
-            source=rec.get("data_source") or DAPO_HUB_REPO,
-            extra={"row": row},
-        ))
+        problems.append(
+            Problem(
+                id=f"{DAPO_SET}/{index if index is not None else row}",
+                question=question,
+                prompt=problem_prompt(question),
+                answer=answer,
+                kind="math",
+                source=rec.get("data_source") or DAPO_HUB_REPO,
+                extra={"row": row},
+            )
+        )
     return problems, {"rows": table.num_rows, "unique_index": len(rows), "unique_problems": len(problems)}
 
 
@@ -371,9 +438,11 @@ def _parquet_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else []
     if not files:
-        raise DataError(f"{path}: no .parquet file there. For {DAPO_SET}, put DAPO-Math-17k's Hub file "
-                        f"(data/dapo-math-17k.parquet of {DAPO_HUB_REPO}) in $SD_BENCH_DATA_DIR/{DAPO_DIR}/, or "
-                        "pass the path of a parquet file or folder")
+        raise DataError(
+            f"{path}: no .parquet file there. For {DAPO_SET}, put DAPO-Math-17k's Hub file "
+            f"(data/dapo-math-17k.parquet of {DAPO_HUB_REPO}) in $SD_BENCH_DATA_DIR/{DAPO_DIR}/, or "
+            "pass the path of a parquet file or folder"
+        )
     return files
 
 
@@ -392,8 +461,16 @@ def _dapo_or_local(name: str) -> tuple[tuple[Problem, ...], dict]:
         local = Path(data_dir).expanduser() / DAPO_DIR if data_dir else None
         if local is not None and local.is_dir():
             return _load_local(DAPO_SET, _files_key(_parquet_files(local)), f"SD_BENCH_DATA_DIR={data_dir}")
-        env = tuple(os.environ.get(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME",
-                                                "HF_DATASETS_CACHE", "SD_BENCH_DATA_DIR"))
+        env = tuple(
+            os.environ.get(v)
+            for v in (
+                "HF_HUB_OFFLINE",
+                "HF_DATASETS_OFFLINE",
+                "HF_HOME",
+                "HF_DATASETS_CACHE",
+                "SD_BENCH_DATA_DIR",
+            )
+        )
         return _load_hub(dapo_revision(), env)
     path = Path(name).expanduser()
     return _load_local(name, _files_key(_parquet_files(path)), str(path))
@@ -435,8 +512,12 @@ def _looks_like_dapo(file: Path) -> bool:
 @functools.cache
 def _load_local(name: str, files_key: tuple, source: str) -> tuple[tuple[Problem, ...], dict]:
     files = [Path(f) for f, _, _ in files_key]
-    prov = {"set": name, "source": source,
-            "files": [{"file": str(f), "sha256": sha256(f)} for f in files], "verified": None}
+    prov = {
+        "set": name,
+        "source": source,
+        "files": [{"file": str(f), "sha256": sha256(f)} for f in files],
+        "verified": None,
+    }
     if name == DAPO_SET or _looks_like_dapo(files[0]):
         problems, stats = parse_dapo(_read_tables(files), source if len(files) > 1 else str(files[0]))
         prov |= {"set": DAPO_SET, "repo": DAPO_HUB_REPO, "revision": None, "commit": None, **stats}
@@ -473,12 +554,24 @@ def _load_hub(revision: str, env: tuple) -> tuple[tuple[Problem, ...], dict]:
         ) from exc
     commit = commit_from_cache_files(ds.cache_files)
     if _COMMIT.fullmatch(revision) and commit != revision:
-        raise DataError(f"set {DAPO_SET!r}: asked for commit {revision} but datasets returned {commit} (a cached "
-                        "copy of another commit, offline?); clear the datasets cache entry or go online")
+        raise DataError(
+            f"set {DAPO_SET!r}: asked for commit {revision} but datasets returned {commit} (a cached "
+            "copy of another commit, offline?); clear the datasets cache entry or go online"
+        )
     problems, stats = parse_dapo(ds.data.table, f"{DAPO_HUB_REPO}@{commit or revision}")
-    prov = {"set": DAPO_SET, "repo": DAPO_HUB_REPO, "revision": revision, "commit": commit,
-            "source": f"https://huggingface.co/datasets/{DAPO_HUB_REPO}", "files": None, "verified": None,
-            **stats, "sha256": problems_sha256(problems), "sha256_of": "problems", "n": len(problems)}
+    prov = {
+        "set": DAPO_SET,
+        "repo": DAPO_HUB_REPO,
+        "revision": revision,
+        "commit": commit,
+        "source": f"https://huggingface.co/datasets/{DAPO_HUB_REPO}",
+        "files": None,
+        "verified": None,
+        **stats,
+        "sha256": problems_sha256(problems),
+        "sha256_of": "problems",
+        "n": len(problems),
+    }
     return tuple(problems), prov
 
 
@@ -487,8 +580,12 @@ def _load_hub(revision: str, env: tuple) -> tuple[tuple[Problem, ...], dict]:
 # name -> argument of sd_bench.toy.world: ("id" | "ood") for the fixed eval sets (toy_problems), else the
 # coverage size |D| for coverage_set (paper Sec. 6.2's seen_{1,8,64} analogue; "broad" = fresh problems).
 TOY_SETS: dict[str, str | int] = {
-    "toy_id": "id", "toy_ood": "ood",
-    "toy_train_1": 1, "toy_train_8": 8, "toy_train_64": 64, "toy_train_broad": "broad",
+    "toy_id": "id",
+    "toy_ood": "ood",
+    "toy_train_1": 1,
+    "toy_train_8": 8,
+    "toy_train_64": 64,
+    "toy_train_broad": "broad",
 }
 
 
@@ -509,6 +606,12 @@ def _toy_provenance(set_name: str) -> dict:
     spec = TOY_SETS[set_name]
     fn = world.toy_problems if spec in ("id", "ood") else world.coverage_set
     problems = _toy_problems(set_name)
-    return {"set": set_name, "source": f"sd_bench.toy.world.{fn.__name__}({spec!r})",
-            "seed": inspect.signature(fn).parameters["seed"].default, "n": len(problems),
-            "sha256": problems_sha256(problems), "sha256_of": "problems", "verified": None}
+    return {
+        "set": set_name,
+        "source": f"sd_bench.toy.world.{fn.__name__}({spec!r})",
+        "seed": inspect.signature(fn).parameters["seed"].default,
+        "n": len(problems),
+        "sha256": problems_sha256(problems),
+        "sha256_of": "problems",
+        "verified": None,
+    }

@@ -59,6 +59,7 @@ def _warn_once(message: str) -> None:
 
 # ---------------------------------------------------------------- tokenizer (from lm-eval metadata)
 
+
 def _truthy(value, default: bool) -> bool:
     if value is None:
         return default
@@ -131,6 +132,7 @@ def token_counter(name: str):
 
 # ---------------------------------------------------------------- dataset (custom_dataset hook)
 
+
 def _user_turn(problem, variant: str) -> str:
     from sd_bench.prompts import hint_prompt
 
@@ -139,7 +141,9 @@ def _user_turn(problem, variant: str) -> str:
     if variant == "answer_hint":
         return hint_prompt(problem.prompt, problem.answer)
     if not problem.solution:
-        raise ValueError(f"{problem.id}: prompt_variant 'solution_hint' needs a reference solution (MATH500 only)")
+        raise ValueError(
+            f"{problem.id}: prompt_variant 'solution_hint' needs a reference solution (MATH500 only)"
+        )
     return hint_prompt(problem.prompt, problem.solution)
 
 
@@ -164,30 +168,40 @@ def load_dataset(set_name: str, prompt_variant: str = "plain", dedupe: bool = Fa
     name = tokenizer_name(metadata)
     thinking = _truthy(metadata.get("thinking"), True)
     use_template = _truthy(metadata.get("chat_template"), True)
-    hf_tok = _hf_tokenizer(name, _truthy(metadata.get("trust_remote_code"), False)) if name and use_template else None
+    hf_tok = (
+        _hf_tokenizer(name, _truthy(metadata.get("trust_remote_code"), False))
+        if name and use_template
+        else None
+    )
     if use_template and hf_tok is None:
-        _warn_once("sd_bench: no chat template could be applied (no tokenizer= or pretrained= in --model_args, or "
-                   "it failed to load): the model gets the plain prompt")
+        _warn_once(
+            "sd_bench: no chat template could be applied (no tokenizer= or pretrained= in --model_args, or "
+            "it failed to load): the model gets the plain prompt"
+        )
     template_kwargs = {} if thinking else {"enable_thinking": False}
     counter = token_counter(name) if name else None
     if counter is None:
-        _warn_once("sd_bench: no tokenizer resolved from --model_args; reporting response_chars and "
-                   "epistemic_per_1k_chars instead of token counts")
+        _warn_once(
+            "sd_bench: no tokenizer resolved from --model_args; reporting response_chars and "
+            "epistemic_per_1k_chars instead of token counts"
+        )
     data = provenance(set_name)
     docs = []
     for p in problems:
         user = _user_turn(p, prompt_variant)
-        docs.append({
-            "id": p.id,
-            "problem": p.question,
-            "prompt": user,
-            "input": render(hf_tok, user, **template_kwargs) if hf_tok is not None else user,
-            "answer": p.answer,
-            "kind": p.kind,
-            "solution": p.solution or "",
-            "tokenizer": name if counter is not None else "",
-            "data_sha256": data["sha256"],
-        })
+        docs.append(
+            {
+                "id": p.id,
+                "problem": p.question,
+                "prompt": user,
+                "input": render(hf_tok, user, **template_kwargs) if hf_tok is not None else user,
+                "answer": p.answer,
+                "kind": p.kind,
+                "solution": p.solution or "",
+                "tokenizer": name if counter is not None else "",
+                "data_sha256": data["sha256"],
+            }
+        )
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -202,7 +216,10 @@ def keep_all(resps, docs):
 
 # ---------------------------------------------------------------- scoring (process_results hook)
 
-def score_responses(responses: list[str], gold: str, tokenizer: str = "", kind: str = "math") -> dict[str, float]:
+
+def score_responses(
+    responses: list[str], gold: str, tokenizer: str = "", kind: str = "math"
+) -> dict[str, float]:
     """The per-problem metrics of k responses (module docstring has the equations).
 
     `kind` picks the answer checker (`sd_bench.answer.grade`): "math" for the paper's sets, "toy" for the
@@ -244,11 +261,16 @@ def process_results(doc: dict, results: list) -> dict[str, float]:
         responses = list(results[0])
     else:
         responses = list(results)
-    return score_responses([r if isinstance(r, str) else str(r) for r in responses], doc["answer"],
-                           doc.get("tokenizer") or "", doc.get("kind") or "math")
+    return score_responses(
+        [r if isinstance(r, str) else str(r) for r in responses],
+        doc["answer"],
+        doc.get("tokenizer") or "",
+        doc.get("kind") or "math",
+    )
 
 
 # ---------------------------------------------------------------- where lm-eval finds the tasks
+
 
 def tasks_path() -> str:
     """The task folder: `tasks/` of a source checkout, else the copy installed into lm_eval/tasks/sd_bench.
@@ -263,7 +285,9 @@ def tasks_path() -> str:
     installed = Path(lm_eval.__file__).resolve().parent / "tasks" / "sd_bench"
     if (installed / TEMPLATE_NAME).is_file():
         return str(installed)
-    raise FileNotFoundError(f"sd-bench task YAMLs not found in {repo_tasks} or {installed}; reinstall sd-bench")
+    raise FileNotFoundError(
+        f"sd-bench task YAMLs not found in {repo_tasks} or {installed}; reinstall sd-bench"
+    )
 
 
 def _sub_once(pattern: str, repl: str, text: str) -> str:
@@ -273,8 +297,12 @@ def _sub_once(pattern: str, repl: str, text: str) -> str:
     return new
 
 
-def write_tasks(dest: str | os.PathLike | None = None, k: int | None = None, thinking: str = "on",
-                max_gen_toks: int | None = None) -> Path:
+def write_tasks(
+    dest: str | os.PathLike | None = None,
+    k: int | None = None,
+    thinking: str = "on",
+    max_gen_toks: int | None = None,
+) -> Path:
     """Copy the task folder with other decoding settings (same task names), atomically; returns the folder.
 
     Pass it as `--include_path`: lm-eval lets later include paths override the installed tasks.
@@ -304,9 +332,14 @@ def write_tasks(dest: str | os.PathLike | None = None, k: int | None = None, thi
     return dest
 
 
-def task_manager(k: int | None = None, thinking: str = "on", max_gen_toks: int | None = None,
-                 model_args: str | dict | None = None, metadata: dict | None = None,
-                 include_defaults: bool = True):
+def task_manager(
+    k: int | None = None,
+    thinking: str = "on",
+    max_gen_toks: int | None = None,
+    model_args: str | dict | None = None,
+    metadata: dict | None = None,
+    include_defaults: bool = True,
+):
     """A ready TaskManager for `lm_eval.simple_evaluate(..., task_manager=...)`.
 
     simple_evaluate passes model_args to tasks only when it builds the TaskManager itself, so give the same
@@ -324,10 +357,15 @@ def task_manager(k: int | None = None, thinking: str = "on", max_gen_toks: int |
 
 # ---------------------------------------------------------------- `sd-bench tasks-path`
 
+
 def add_arguments(parser) -> None:
     parser.add_argument("--k", type=int, default=None, help="samples per problem (paper: 16)")
-    parser.add_argument("--thinking", choices=("on", "off"), default="on",
-                        help="on: temperature 0.6, top_p 0.95; off: 0.7 / 0.8 and enable_thinking=False")
+    parser.add_argument(
+        "--thinking",
+        choices=("on", "off"),
+        default="on",
+        help="on: temperature 0.6, top_p 0.95; off: 0.7 / 0.8 and enable_thinking=False",
+    )
     parser.add_argument("--max-gen-toks", type=int, default=None, help="max new tokens (paper: 38912)")
     parser.add_argument("--out", default=None, help="folder to write (default: under $SD_BENCH_CACHE/tasks)")
 

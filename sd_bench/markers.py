@@ -9,7 +9,16 @@ from __future__ import annotations
 
 # The paper's 10 markers, in the paper's order.
 MARKERS: tuple[str, ...] = (
-    "wait", "hmm", "perhaps", "maybe", "actually", "alternatively", "seems", "might", "likely", "check",
+    "wait",
+    "hmm",
+    "perhaps",
+    "maybe",
+    "actually",
+    "alternatively",
+    "seems",
+    "might",
+    "likely",
+    "check",
 )
 
 

@@ -25,7 +25,9 @@ def _sample_files(paths: list[str]) -> dict[str, Path]:
     found: dict[str, tuple[str, Path]] = {}
     for p in map(Path, paths):
         if not p.exists():
-            raise FileNotFoundError(f"{p}: no such file or folder (expected an lm-eval --output_path or samples_*.jsonl)")
+            raise FileNotFoundError(
+                f"{p}: no such file or folder (expected an lm-eval --output_path or samples_*.jsonl)"
+            )
         files = sorted(p.rglob("samples_*.jsonl")) if p.is_dir() else [p]
         for f in files:
             m = _SAMPLES_FILE.match(f.name)
@@ -33,7 +35,9 @@ def _sample_files(paths: list[str]) -> dict[str, Path]:
             if task not in found or stamp > found[task][0]:
                 found[task] = (stamp, f)
     if not found:
-        raise FileNotFoundError(f"no samples_*.jsonl under {', '.join(paths)}: run lm_eval with --log_samples")
+        raise FileNotFoundError(
+            f"no samples_*.jsonl under {', '.join(paths)}: run lm_eval with --log_samples"
+        )
     return {task: f for task, (_, f) in sorted(found.items())}
 
 
@@ -106,8 +110,10 @@ def format_table(result: dict) -> str:
                 else:
                     row += ["-", "-"]
             rows.append(row)
-        rows.append([task, "responses", e["run"]["responses"]]
-                    + ([e.get("baseline", {}).get("responses", "-"), ""] if with_base else []))
+        rows.append(
+            [task, "responses", e["run"]["responses"]]
+            + ([e.get("baseline", {}).get("responses", "-"), ""] if with_base else [])
+        )
     return tabulate(rows, headers=headers, floatfmt=("", "", ".2f", ".2f", "+.2f"))
 
 

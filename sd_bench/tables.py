@@ -320,7 +320,8 @@ def run_title(spec: TableSpec, results: Iterable[dict]) -> str:
         {
             str(m)
             for r in results
-            if (m := (r.get("provenance") or {}).get("run", {}).get("model")) and not str(m).startswith("runs/")
+            if (m := (r.get("provenance") or {}).get("run", {}).get("model"))
+            and not str(m).startswith("runs/")
         }
     )
     if not models:

@@ -41,7 +41,8 @@ def _corpus() -> list[str]:
     """A small deterministic corpus: the paper's prompt, math words, digits, markers, think tags, \\boxed{}."""
     lines = [
         "Please reason step by step, and put your final answer within \\boxed{}.",
-        "Correct solution:", "Correctly solve the original question.",
+        "Correct solution:",
+        "Correctly solve the original question.",
         "<think>Let me think. Wait, maybe I should check this again. Hmm, perhaps actually not.</think>",
         "Alternatively, it seems likely that the answer might be \\boxed{42}.",
         "What is the sum of the integers from 1 to 100? The answer is \\boxed{5050}.",
@@ -53,7 +54,9 @@ def _corpus() -> list[str]:
     ]
     for a in range(30):
         b = (a * 7 + 3) % 23
-        lines.append(f"Compute {a} + {b}. <think>{a} + {b} = {a + b}. Wait, check: yes.</think> \\boxed{{{a + b}}}")
+        lines.append(
+            f"Compute {a} + {b}. <think>{a} + {b} = {a + b}. Wait, check: yes.</think> \\boxed{{{a + b}}}"
+        )
         lines.append(f"{a} * {b} = {a * b}; {a} - {b} = {a - b}; {a}^2 = {a * a}.")
     return lines
 

@@ -17,8 +17,17 @@ from sd_bench.prompts import problem_prompt
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "math").is_dir(), reason="needs ../shared/data")
 
-SIZES = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "dapo_seen_1x64": 64, "dapo_seen_8x8": 64,
-         "dapo_seen_64": 64, "dapo_seen_128": 128, "dapo_seen_512": 512}
+SIZES = {
+    "aime24": 30,
+    "aime25": 30,
+    "amc23": 40,
+    "math500": 500,
+    "dapo_seen_1x64": 64,
+    "dapo_seen_8x8": 64,
+    "dapo_seen_64": 64,
+    "dapo_seen_128": 128,
+    "dapo_seen_512": 512,
+}
 UNIQUE = {"dapo_seen_1x64": 1, "dapo_seen_8x8": 8}
 
 
@@ -127,8 +136,12 @@ def test_missing_column(tmp_path):
 
 
 def test_bad_cell(tmp_path):
-    table = pa.table({"prompt": ["[{'role': 'user', 'content': 'What is 1+1?'}]", "not a list ["],
-                      "reward_model": ['{"ground_truth": "2"}', '{"ground_truth": "3"}']})
+    table = pa.table(
+        {
+            "prompt": ["[{'role': 'user', 'content': 'What is 1+1?'}]", "not a list ["],
+            "reward_model": ['{"ground_truth": "2"}', '{"ground_truth": "3"}'],
+        }
+    )
     path = tmp_path / "x.parquet"
     pq.write_table(table, path)
     with pytest.raises(DataError, match=r"x.parquet: row 1, column 'prompt'"):
@@ -144,16 +157,20 @@ def test_unknown_set():
 
 # ---------------------------------------------------------------- DAPO-Math-17k (synthetic, Hub format)
 
-HEAD = ("Solve the following math problem step by step. The last line of your response should be of the form "
-        "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+HEAD = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
 TAIL = '\n\nRemember to put your answer on its own line after "Answer:".'
-DAPO_SCHEMA = pa.schema([
-    ("data_source", pa.string()),
-    ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
-    ("ability", pa.string()),
-    ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
-    ("extra_info", pa.struct([("index", pa.string())])),
-])
+DAPO_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+        ("extra_info", pa.struct([("index", pa.string())])),
+    ]
+)
 # (uuid, raw problem, answer): the Hub file repeats each problem; "c" is a new UUID with a's text
 A = ("aaaa-1", "Find $x$ if $2x = 6$.", "3")
 B = ("bbbb-2", "What is $\\frac{1}{2} + \\frac{1}{3}$?\nGive a fraction.", "\\frac{5}{6}")
@@ -163,22 +180,38 @@ ROWS = [A, B, A, C, B, D, A]  # unique by UUID: rows 0, 1, 3, 5; by text: rows 0
 
 
 def _dapo_parquet(path: Path, rows, prompt=lambda q: HEAD + q + TAIL) -> Path:
-    records = [{"data_source": "math_dapo", "prompt": [{"content": prompt(q), "role": "user"}], "ability": "MATH",
-                "reward_model": {"ground_truth": a, "style": "rule-lighteval/MATH_v2"}, "extra_info": {"index": u}}
-               for u, q, a in rows]
+    records = [
+        {
+            "data_source": "math_dapo",
+            "prompt": [{"content": prompt(q), "role": "user"}],
+            "ability": "MATH",
+            "reward_model": {"ground_truth": a, "style": "rule-lighteval/MATH_v2"},
+            "extra_info": {"index": u},
+        }
+        for u, q, a in rows
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(records, schema=DAPO_SCHEMA), path)
     return path
 
 
 def _check_dapo(problems):
-    assert [p.id for p in problems] == ["dapo_math_17k/aaaa-1", "dapo_math_17k/bbbb-2", "dapo_math_17k/dddd-4"]
+    assert [p.id for p in problems] == [
+        "dapo_math_17k/aaaa-1",
+        "dapo_math_17k/bbbb-2",
+        "dapo_math_17k/dddd-4",
+    ]
     assert [p.extra["row"] for p in problems] == [0, 1, 5]
     assert [p.question for p in problems] == [A[1], B[1], D[1]]  # the raw problem, unchanged
     assert [p.answer for p in problems] == [A[2], B[2], D[2]]
-    assert problems[1].prompt == B[1] + "\nPlease reason step by step, and put your final answer within \\boxed{}."
-    assert all(p.prompt == problem_prompt(p.question) and p.kind == "math" and "Answer:" not in p.prompt
-               for p in problems)
+    assert (
+        problems[1].prompt
+        == B[1] + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
+    assert all(
+        p.prompt == problem_prompt(p.question) and p.kind == "math" and "Answer:" not in p.prompt
+        for p in problems
+    )
 
 
 def test_dapo_from_data_dir(monkeypatch, tmp_path):
@@ -206,14 +239,20 @@ def test_dapo_string_extra_info(tmp_path):
     table = pq.read_table(path)
     table = table.set_column(4, "extra_info", pa.array([f'{{"index": "{u}"}}' for u, _, _ in ROWS]))
     pq.write_table(table, path)
-    assert [p.id for p in load_problems(str(path))] == ["dapo_math_17k/aaaa-1", "dapo_math_17k/bbbb-2",
-                                                         "dapo_math_17k/dddd-4"]
+    assert [p.id for p in load_problems(str(path))] == [
+        "dapo_math_17k/aaaa-1",
+        "dapo_math_17k/bbbb-2",
+        "dapo_math_17k/dddd-4",
+    ]
 
 
 def test_dapo_row_not_matching_template(monkeypatch, tmp_path):
     rows = [A, B, ("eeee-5", "Compute $1+1$.", "2")]
-    _dapo_parquet(tmp_path / "math" / "dapo_math_17k" / "train.parquet", rows,
-                  prompt=lambda q: HEAD + q + TAIL if q != "Compute $1+1$." else HEAD + q + "\n\nAnswer:")
+    _dapo_parquet(
+        tmp_path / "math" / "dapo_math_17k" / "train.parquet",
+        rows,
+        prompt=lambda q: HEAD + q + TAIL if q != "Compute $1+1$." else HEAD + q + "\n\nAnswer:",
+    )
     monkeypatch.setenv("SD_BENCH_DATA_DIR", str(tmp_path))
     with pytest.raises(DataError, match=r"train.parquet: row 2, column 'prompt': not DAPO's prompt template"):
         load_problems("dapo_math_17k")
@@ -242,18 +281,27 @@ def test_dapo_offline_error(monkeypatch, tmp_path):
 
 def test_commit_from_cache_files():
     sha = "0123456789abcdef0123456789abcdef01234567"
-    files = [{"filename": f"/c/BytedTsinghua-SIA___dapo-math-17k/default/0.0.0/{sha}/dapo-math-17k-train.arrow"}]
+    files = [
+        {"filename": f"/c/BytedTsinghua-SIA___dapo-math-17k/default/0.0.0/{sha}/dapo-math-17k-train.arrow"}
+    ]
     assert data.commit_from_cache_files(files) == sha
     assert data.commit_from_cache_files([{"filename": "/c/x/default/0.0.0/abc/x.arrow"}]) is None
 
 
 # ---------------------------------------------------------------- the miniature world's sets
 
+
 def test_toy_sets():
     from sd_bench.toy import world
 
-    sizes = {"toy_id": 256, "toy_ood": 256, "toy_train_1": 1, "toy_train_8": 8, "toy_train_64": 64,
-             "toy_train_broad": world.BROAD_SIZE}
+    sizes = {
+        "toy_id": 256,
+        "toy_ood": 256,
+        "toy_train_1": 1,
+        "toy_train_8": 8,
+        "toy_train_64": 64,
+        "toy_train_broad": world.BROAD_SIZE,
+    }
     assert set(sizes) == set(data.TOY_SETS)
     for name, size in sizes.items():
         problems = load_problems(name)
@@ -263,7 +311,9 @@ def test_toy_sets():
     held_out = {p.question for p in load_problems("toy_id")}
     assert not held_out & {p.question for p in load_problems("toy_train_broad")}
     prov = provenance("toy_ood")
-    assert prov["sha256"] == provenance("toy_ood")["sha256"] == data.problems_sha256(world.toy_problems("ood"))
+    assert (
+        prov["sha256"] == provenance("toy_ood")["sha256"] == data.problems_sha256(world.toy_problems("ood"))
+    )
     assert prov["seed"] == world.EVAL_SEED and prov["n"] == 256
     assert provenance("toy_train_8")["sha256"] != provenance("toy_train_64")["sha256"]
 

@@ -19,7 +19,9 @@ BIN = Path(sys.executable).parent
 
 def _clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"
+    )
     return env
 
 
@@ -33,8 +35,13 @@ def test_wheel_contains_tasks_and_entry_point(tmp_path):
             shutil.copy(REPO / name, src / name)
     if not (src / "README.md").exists():  # README is written separately; the wheel only needs one to exist
         (src / "README.md").write_text("sd-bench\n")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True, text=True, env=_clean_env())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+    )
     (wheel,) = (tmp_path / "dist").glob("sd_bench-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -57,9 +64,14 @@ def _installed_tasks() -> Path:
 def test_lm_eval_cli_without_include_path(tmp_path):
     installed = _installed_tasks()
     if not (installed / "_sd_math_template").is_file():
-        pytest.fail(f"sd-bench is not installed into lm-eval ({installed} missing): run `pip install -e .` first")
-    stale = [p.name for p in (REPO / "tasks").glob("*.yaml")
-             if not (installed / p.name).is_file() or (installed / p.name).read_text() != p.read_text()]
+        pytest.fail(
+            f"sd-bench is not installed into lm-eval ({installed} missing): run `pip install -e .` first"
+        )
+    stale = [
+        p.name
+        for p in (REPO / "tasks").glob("*.yaml")
+        if not (installed / p.name).is_file() or (installed / p.name).read_text() != p.read_text()
+    ]
     assert not stale, f"installed task copies are stale ({stale}): reinstall with `pip install -e .`"
     pytest.importorskip("torch")
     from sd_bench.tiny_model import build_tiny_qwen3
@@ -67,21 +79,53 @@ def test_lm_eval_cli_without_include_path(tmp_path):
     model = build_tiny_qwen3(tmp_path / "tiny")
     work = tmp_path / "elsewhere"
     work.mkdir()
-    cmd = [str(BIN / "lm_eval"), "run", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
-           "--tasks", "sd_ood_math", "--limit", "1", "--gen_kwargs", "max_gen_toks=4", "--device", "cpu",
-           "--batch_size", "16", "--log_samples", "--output_path", "out"]
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=_clean_env(), timeout=600, check=False)
+    cmd = [
+        str(BIN / "lm_eval"),
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model},dtype=float32",
+        "--tasks",
+        "sd_ood_math",
+        "--limit",
+        "1",
+        "--gen_kwargs",
+        "max_gen_toks=4",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "16",
+        "--log_samples",
+        "--output_path",
+        "out",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=work, capture_output=True, text=True, env=_clean_env(), timeout=600, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (results_file,) = (work / "out").rglob("results_*.json")
     results = json.loads(results_file.read_text())
     assert results["configs"]["sd_aime24"]["repeats"] == 16  # the paper's default k
     assert results["configs"]["sd_aime24"]["metadata"]["config_source"].startswith(str(installed))
     group = results["results"]["sd_ood_math"]
-    assert {"acc,none", "pass_at_k,none", "epistemic_count,none", "response_tokens,none", "answer_rate,none"} <= set(group)
+    assert {
+        "acc,none",
+        "pass_at_k,none",
+        "epistemic_count,none",
+        "response_tokens,none",
+        "answer_rate,none",
+    } <= set(group)
 
     # the per-word report reads that run's sample logs
-    report = subprocess.run([str(BIN / "sd-bench"), "markers", "out", "--json"], cwd=work, capture_output=True,
-                            text=True, env=_clean_env(), check=True)
+    report = subprocess.run(
+        [str(BIN / "sd-bench"), "markers", "out", "--json"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        check=True,
+    )
     data = json.loads(report.stdout)
     assert set(data) == {"sd_aime24", "sd_aime25", "sd_amc23", "sd_math500"}
     assert all(entry["run"]["responses"] == 16 for entry in data.values())

@@ -20,7 +20,10 @@ from sd_bench.markers import MARKERS
 # k = 2 responses per problem; GOLD is replaced by the doc's gold answer.
 PATTERNS = {
     # correct + wrong; both answered; E = 3 (wait, check, hmm) and 1 (perhaps)
-    "right": ["<think>Wait, let me check. Hmm.</think> So \\boxed{GOLD}.", "<think>Perhaps.</think> \\boxed{-12345}"],
+    "right": [
+        "<think>Wait, let me check. Hmm.</think> So \\boxed{GOLD}.",
+        "<think>Perhaps.</think> \\boxed{-12345}",
+    ],
     # no answer (none; unbalanced box); E = 0 and 1 ("Unlikely" contains "likely")
     "none": ["I have no idea.", "Unlikely! \\boxed{GOLD"],
     # both correct (the boxed answer inside <think> does not count); E = 0 and 0
@@ -66,8 +69,10 @@ class CannedLM(LM):
 
 def _expected(task: str) -> dict[str, float]:
     docs = [PER_DOC[p] for p in PLAN[task]]
-    return {name: sum(d[i] for d in docs) / len(docs)
-            for i, name in enumerate(("acc", "pass_at_k", "answer_rate", "epistemic_count"))}
+    return {
+        name: sum(d[i] for d in docs) / len(docs)
+        for i, name in enumerate(("acc", "pass_at_k", "answer_rate", "epistemic_count"))
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +83,14 @@ def _cache(tmp_path, monkeypatch):
 def test_canned_model_metrics_and_macro_average():
     tm = lm_eval_tasks.task_manager(k=2, max_gen_toks=64, include_defaults=False)
     lm = CannedLM()
-    out = simple_evaluate(model=lm, tasks=["sd_ood_math"], task_manager=tm, bootstrap_iters=0,
-                          samples={t: list(range(len(p))) for t, p in PLAN.items()}, log_samples=True)
+    out = simple_evaluate(
+        model=lm,
+        tasks=["sd_ood_math"],
+        task_manager=tm,
+        bootstrap_iters=0,
+        samples={t: list(range(len(p))) for t, p in PLAN.items()},
+        log_samples=True,
+    )
     res = out["results"]
     for task in PLAN:
         exp = _expected(task)
@@ -93,7 +104,8 @@ def test_canned_model_metrics_and_macro_average():
     texts = [t.replace("GOLD", gold) for t in PATTERNS["right"]]
     assert res["sd_aime24"]["response_chars,none"] == pytest.approx(sum(map(len, texts)) / 2)
     assert res["sd_aime24"]["epistemic_per_1k_chars,none"] == pytest.approx(
-        (3000 / len(texts[0]) + 1000 / len(texts[1])) / 2)
+        (3000 / len(texts[0]) + 1000 / len(texts[1])) / 2
+    )
     assert res["sd_aime24"]["marker_wait,none"] == pytest.approx(0.5)
     assert res["sd_aime24"]["marker_perhaps,none"] == pytest.approx(0.5)
 
@@ -116,13 +128,20 @@ def test_canned_model_metrics_and_macro_average():
 def test_probe_prompts_and_id_group():
     tm = lm_eval_tasks.task_manager(k=1, include_defaults=False)
     lm = CannedLM()
-    out = simple_evaluate(model=lm, tasks=["sd_context_probe", "sd_id_math"], task_manager=tm, limit=1,
-                          bootstrap_iters=0, log_samples=True)
+    out = simple_evaluate(
+        model=lm,
+        tasks=["sd_context_probe", "sd_id_math"],
+        task_manager=tm,
+        limit=1,
+        bootstrap_iters=0,
+        log_samples=True,
+    )
     docs = {t: out["samples"][t][0]["doc"] for t in ("sd_probe_none", "sd_probe_answer", "sd_probe_solution")}
     assert docs["sd_probe_none"]["input"] == docs["sd_probe_none"]["prompt"]
     assert "Correct solution:" not in docs["sd_probe_none"]["input"]
     assert docs["sd_probe_answer"]["input"].endswith(
-        f"\n\nCorrect solution: {docs['sd_probe_answer']['answer']}\n\nCorrectly solve the original question.")
+        f"\n\nCorrect solution: {docs['sd_probe_answer']['answer']}\n\nCorrectly solve the original question."
+    )
     assert docs["sd_probe_solution"]["solution"].startswith("We have that")
     assert f"Correct solution: {docs['sd_probe_solution']['solution']}" in docs["sd_probe_solution"]["input"]
     assert out["results"]["sd_id_math"]["acc,none"] == pytest.approx(1.0)  # pattern "right", k = 1
@@ -132,27 +151,47 @@ def test_probe_prompts_and_id_group():
 def test_task_files_defaults_and_thinking_off(tmp_path):
     src = Path(lm_eval_tasks.tasks_path())
     template = (src / "_sd_math_template").read_text()
-    for line in ("repeats: 16", "  temperature: 0.6", "  top_p: 0.95", "  max_gen_toks: 38912", "  until: []"):
+    for line in (
+        "repeats: 16",
+        "  temperature: 0.6",
+        "  top_p: 0.95",
+        "  max_gen_toks: 38912",
+        "  until: []",
+    ):
         assert f"\n{line}\n" in template
     names = sorted(p.stem for p in src.glob("*.yaml"))
     assert len(names) == 15 and all(n.startswith("sd_") for n in names)
     off = lm_eval_tasks.write_tasks(tmp_path / "off", k=3, thinking="off", max_gen_toks=100)
     text = (off / "_sd_math_template").read_text()
-    for line in ("repeats: 3", "  temperature: 0.7", "  top_p: 0.8", "  max_gen_toks: 100", "  thinking: false"):
+    for line in (
+        "repeats: 3",
+        "  temperature: 0.7",
+        "  top_p: 0.8",
+        "  max_gen_toks: 100",
+        "  thinking: false",
+    ):
         assert f"\n{line}\n" in text
     assert sorted(p.stem for p in off.glob("*.yaml")) == names
     # CLI
     cli = [sys.executable, "-m", "sd_bench.cli", "tasks-path"]
     assert subprocess.run(cli, capture_output=True, text=True, check=True).stdout.strip() == str(src)
-    printed = subprocess.run(cli + ["--k", "2", "--out", str(tmp_path / "k2")], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    printed = subprocess.run(
+        cli + ["--k", "2", "--out", str(tmp_path / "k2")], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert "\nrepeats: 2\n" in (Path(printed) / "_sd_math_template").read_text()
 
 
 def test_pathological_outputs_are_scored():
     doc = {"answer": "540", "tokenizer": ""}
-    bad = ["", "\\boxed{" * 20000, "}" * 50000 + "\\boxed{540}", "x" * 100_000, "</think>" * 1000,
-           "\\boxed{\\frac{1}{0}}", None]
+    bad = [
+        "",
+        "\\boxed{" * 20000,
+        "}" * 50000 + "\\boxed{540}",
+        "x" * 100_000,
+        "</think>" * 1000,
+        "\\boxed{\\frac{1}{0}}",
+        None,
+    ]
     metrics = lm_eval_tasks.process_results(doc, [bad])
     assert metrics["acc"] == pytest.approx(1 / len(bad))
     assert metrics["answer_rate"] == pytest.approx(2 / len(bad))
@@ -173,11 +212,20 @@ def test_hf_tiny_qwen3_chat_template_and_exact_tokens(tiny_qwen3):
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    tm = lm_eval_tasks.task_manager(k=2, max_gen_toks=12, model_args=f"pretrained={tiny_qwen3}",
-                                    include_defaults=False)
-    out = simple_evaluate(model="hf", model_args=f"pretrained={tiny_qwen3},dtype=float32", tasks=["sd_aime24"],
-                          task_manager=tm, limit=2, device="cpu", batch_size=1, bootstrap_iters=0,
-                          log_samples=True)
+    tm = lm_eval_tasks.task_manager(
+        k=2, max_gen_toks=12, model_args=f"pretrained={tiny_qwen3}", include_defaults=False
+    )
+    out = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={tiny_qwen3},dtype=float32",
+        tasks=["sd_aime24"],
+        task_manager=tm,
+        limit=2,
+        device="cpu",
+        batch_size=1,
+        bootstrap_iters=0,
+        log_samples=True,
+    )
     tok = AutoTokenizer.from_pretrained(tiny_qwen3)
     res = out["results"]["sd_aime24"]
     samples = out["samples"]["sd_aime24"]
@@ -185,7 +233,9 @@ def test_hf_tiny_qwen3_chat_template_and_exact_tokens(tiny_qwen3):
     counts = []
     for s in samples:
         prompt = s["arguments"][0][0]
-        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith(
+            "<|im_end|>\n<|im_start|>assistant\n"
+        )
         assert prompt.count("<|im_start|>") == 2  # templated once, no system prompt
         counts += [len(tok(r, add_special_tokens=False)["input_ids"]) for r in s["filtered_resps"][0]]
     assert len(counts) == 4
@@ -197,7 +247,9 @@ def test_chat_template_off_and_thinking_metadata(tiny_qwen3):
     plain = lm_eval_tasks.load_dataset("aime24", pretrained=str(tiny_qwen3), chat_template=False)["test"][0]
     assert plain["input"] == plain["prompt"]
     assert plain["tokenizer"] == str(tiny_qwen3)  # lengths still in the model's tokens
-    templated = lm_eval_tasks.load_dataset("aime24", tokenizer=str(tiny_qwen3), pretrained="ignored")["test"][0]
+    templated = lm_eval_tasks.load_dataset("aime24", tokenizer=str(tiny_qwen3), pretrained="ignored")["test"][
+        0
+    ]
     assert templated["input"].startswith("<|im_start|>user\n" + plain["prompt"])
 
 
@@ -239,5 +291,7 @@ def test_batched_token_counts_are_exact(tiny_qwen3, tmp_path):
     assert m["response_tokens"] == pytest.approx(sum(exact) / 4)
     e = [1, 3 * 3, 0, 0]  # wait; hmm + maybe + check, three times
     assert m["epistemic_count"] == pytest.approx(sum(e) / 4)
-    assert m["epistemic_per_1k_tokens"] == pytest.approx(sum(1000 * x / max(n, 1) for x, n in zip(e, exact)) / 4)
+    assert m["epistemic_per_1k_tokens"] == pytest.approx(
+        sum(1000 * x / max(n, 1) for x, n in zip(e, exact)) / 4
+    )
     assert m["acc"] == pytest.approx(0.5)

@@ -15,7 +15,10 @@ def _write(folder, task, stamp, responses_per_doc):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"samples_{task}_{stamp}.jsonl"
     with open(path, "w") as f:
-        f.writelines(json.dumps({"doc_id": i, "filtered_resps": [resps], "resps": [[resps]], "acc": 0.0}) + "\n" for i, resps in enumerate(responses_per_doc))
+        f.writelines(
+            json.dumps({"doc_id": i, "filtered_resps": [resps], "resps": [[resps]], "acc": 0.0}) + "\n"
+            for i, resps in enumerate(responses_per_doc)
+        )
     return path
 
 
@@ -24,8 +27,12 @@ def runs(tmp_path):
     run = tmp_path / "run" / "model"
     base = tmp_path / "base" / "model"
     # run: 3 responses; wait = 2 + 0 + 1 = 3 -> 1.0; check: "checking" + "Check" = 2 -> 2/3
-    _write(run, "sd_aime24", "2026-01-01T00-00-00.000001",
-           [["Wait, wait. Checking.", "no markers"], ["Hmm, wait: check."]])
+    _write(
+        run,
+        "sd_aime24",
+        "2026-01-01T00-00-00.000001",
+        [["Wait, wait. Checking.", "no markers"], ["Hmm, wait: check."]],
+    )
     # an older file for the same task is ignored (newest wins)
     _write(run, "sd_aime24", "2025-01-01T00-00-00.000001", [["wait " * 100]])
     # baseline: 2 responses; wait = 4 -> 2.0; check 0; hmm 1 -> 0.5

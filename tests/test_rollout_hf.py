@@ -17,8 +17,10 @@ def toy():
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(BASE_DIR)
     model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32).eval()
-    prompts = [tok(render(tok, p.prompt), add_special_tokens=False)["input_ids"]
-               for p in world.coverage_set("broad", seed=0)[:6]]
+    prompts = [
+        tok(render(tok, p.prompt), add_special_tokens=False)["input_ids"]
+        for p in world.coverage_set("broad", seed=0)[:6]
+    ]
     return model, tok, prompts
 
 
@@ -53,7 +55,7 @@ def test_logprobs_equal_teacher_forced_warped_forward(toy, temperature, top_p):
     for s in samples:
         ids = torch.tensor([s.prompt_ids + s.response_ids])
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1: -1]
+            logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1 : -1]
         ref = warp_logprobs(logits, temperature, top_p)
         want = ref.gather(-1, torch.tensor(s.response_ids)[:, None]).squeeze(-1)
         assert torch.isfinite(want).all()  # every sampled token lies inside the nucleus

@@ -51,7 +51,9 @@ def test_one_real_ablation_run(tmp_path):
     from sd_bench.toy import ablations
 
     torch.set_num_threads(1)
-    final = ablations.train("sd_solution_remedy", 0, 2, Path(ablations.__file__).parent / "base", tmp_path / "r")
+    final = ablations.train(
+        "sd_solution_remedy", 0, 2, Path(ablations.__file__).parent / "base", tmp_path / "r"
+    )
     assert (final / "config.json").is_file()
     config = (tmp_path / "r" / "config.yaml").read_text()
     assert "exclude_markers: true" in config and "top_k: 8" in config
@@ -60,9 +62,23 @@ def test_one_real_ablation_run(tmp_path):
 
 
 def _check(result: Path, rules: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sd_bench.cli", "check", str(result), "--against",
-                           str(ABLATIONS), "--rules", str(rules)], check=False, capture_output=True, text=True,
-                          cwd=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sd_bench.cli",
+            "check",
+            str(result),
+            "--against",
+            str(ABLATIONS),
+            "--rules",
+            str(rules),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def test_committed_guards_hold_and_a_planted_violation_fails(tmp_path):

@@ -17,8 +17,16 @@ def toy_run():
         pytest.fail(f"{BASE_DIR} has no model.safetensors: run `sd-bench toy pretrain`")
     model_args = f"pretrained={BASE_DIR},dtype=float32,device=cpu"
     tm = lm_eval_tasks.task_manager(k=2, model_args=model_args, include_defaults=False)
-    return simple_evaluate(model="hf", model_args=model_args, tasks=["sd_toy"], task_manager=tm, limit=8,
-                           bootstrap_iters=0, log_samples=True, batch_size=16)
+    return simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=["sd_toy"],
+        task_manager=tm,
+        limit=8,
+        bootstrap_iters=0,
+        log_samples=True,
+        batch_size=16,
+    )
 
 
 def test_toy_group_runs_with_the_toy_grader(toy_run):

@@ -35,7 +35,9 @@ def test_wait_is_one_token_and_counted_by_the_paper_marker_counter(tok):
 def test_chat_template_renders_the_paper_prompts_to_the_toy_formats(tok):
     p = world.toy_problems("id")[0]
     assert render(tok, p.prompt) == f"Q:{p.question}\n"
-    assert render(tok, problem_prompt(p.question)) == f"Q:{p.question}\n"  # the paper's instruction is dropped
+    assert (
+        render(tok, problem_prompt(p.question)) == f"Q:{p.question}\n"
+    )  # the paper's instruction is dropped
     assert render(tok, sdpo_teacher_prompt(p.prompt, p.solution)) == f"Q:{p.question}|H:{p.solution}\n"
     assert render(tok, sdpo_teacher_prompt(p.prompt, p.answer)) == f"Q:{p.question}|H:{p.answer}\n"
     assert render(tok, hint_prompt(p.prompt, p.solution)) == f"Q:{p.question}|H:{p.solution}\n"
@@ -61,7 +63,10 @@ def test_pretraining_encoding_equals_the_rendered_chat(tok):
 
 def test_saves_and_loads_offline(tok, tmp_path):
     save_tokenizer(tok, tmp_path)
-    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (
+        json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"]
+        == "PreTrainedTokenizerFast"
+    )
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded.get_vocab() == tok.get_vocab() and len(loaded) == len(VOCAB)
     assert (loaded.eos_token, loaded.pad_token, loaded.padding_side) == ("<eos>", "<pad>", "left")

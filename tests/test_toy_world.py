@@ -109,4 +109,3 @@ def test_mixture_and_hinted_formats():
         assert t.hint == str(s) and t.response.startswith(f"A:{s}") and t.response.endswith(f"A:{s}")
     corrected = [t for t in plain if t.response.count(world.WAIT) > 1]
     assert corrected, "step errors are caught with a second wait"
-

@@ -15,8 +15,17 @@ RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 
 def test_one_recipe_per_paper_condition():
     names = {p.stem for p in RECIPES}
-    assert names == {"sdpo", "sdpo_nothink", "sdpo_answer", "sdpo_reference", "sdpo_regenerated", "sdpo_none",
-                     "sdpo_ema", "grpo", "sft"}
+    assert names == {
+        "sdpo",
+        "sdpo_nothink",
+        "sdpo_answer",
+        "sdpo_reference",
+        "sdpo_regenerated",
+        "sdpo_none",
+        "sdpo_ema",
+        "grpo",
+        "sft",
+    }
     for path in RECIPES:  # the header says which row, the command, and what the paper left open
         head = path.read_text()
         assert "# Reproduces:" in head and "# Command:" in head and "# Left open by the paper:" in head, path
@@ -42,8 +51,9 @@ def test_paper_values():
 
 
 def test_overrides_and_saved_config(tmp_path):
-    cfg = load_config("sdpo", scale="smoke", overrides=["optim.lr=3e-5", "teacher.context=answer",
-                                                          "loss.top_k=null"])
+    cfg = load_config(
+        "sdpo", scale="smoke", overrides=["optim.lr=3e-5", "teacher.context=answer", "loss.top_k=null"]
+    )
     assert cfg.optim.lr == 3e-5 and cfg.teacher.context == "answer" and cfg.loss.top_k is None
     save_config(cfg, tmp_path / "config.yaml")
     assert "context: answer" in (tmp_path / "config.yaml").read_text()

@@ -58,11 +58,30 @@ def _launch(launcher: str, runs: list[list[str]], tmp_path: Path) -> subprocess.
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no",
-               "--dynamo_backend", "no"]
-    return subprocess.Popen([*cmd, str(driver), json.dumps(runs)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            port,
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    return subprocess.Popen(
+        [*cmd, str(driver), json.dumps(runs)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -89,8 +108,11 @@ def _assert_match(one: Path, two: Path, base: dict | None):
     w1, w2 = _weights(one / "final"), _weights(two / "final")
     assert w1.keys() == w2.keys()
     diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    moved = max((w1[k] - base[k]).abs().max().item() for k in w1) if base else max(
-        w1[k].abs().max().item() for k in w1 if "lora_B" in k)  # LoRA B starts at 0
+    moved = (
+        max((w1[k] - base[k]).abs().max().item() for k in w1)
+        if base
+        else max(w1[k].abs().max().item() for k in w1 if "lora_B" in k)
+    )  # LoRA B starts at 0
     assert moved > 1e-4 and diff < 1e-5, (moved, diff)
     m1, m2 = _metrics(one), _metrics(two)
     assert [r["step"] for r in m1] == [r["step"] for r in m2]
@@ -105,9 +127,14 @@ def test_two_processes_match_one(tmp_path):
     """(a) LoRA under DDP (launched by `accelerate launch` when installed), frozen and EMA teacher; (b) full FT
     under FSDP (launched by torchrun), stopped after step 1 and resumed to step 2 by 2 processes: each equals
     an uninterrupted 1-process run. The 1-process runs go while the 2-process jobs run."""
-    lora = [[*LORA, "--output", str(tmp_path / "lora2")], [*LORA_EMA, "--output", str(tmp_path / "lora_ema2")]]
-    full = [[*FULL, "--max-steps", "1", "--output", str(tmp_path / "full2")],
-            [*FULL, "--max-steps", "2", "--resume", "--output", str(tmp_path / "full2")]]
+    lora = [
+        [*LORA, "--output", str(tmp_path / "lora2")],
+        [*LORA_EMA, "--output", str(tmp_path / "lora_ema2")],
+    ]
+    full = [
+        [*FULL, "--max-steps", "1", "--output", str(tmp_path / "full2")],
+        [*FULL, "--max-steps", "2", "--resume", "--output", str(tmp_path / "full2")],
+    ]
     if importlib.util.find_spec("accelerate") is not None:  # LoRA by `accelerate launch`, at the same time
         jobs = [_launch("accelerate", lora, tmp_path), _launch("torchrun", full, tmp_path)]
     else:
@@ -132,8 +159,10 @@ def test_two_processes_match_one(tmp_path):
     base = _weights(tmp_path / "full1" / "tiny-model")
     _assert_match(tmp_path / "full1", tmp_path / "full2", base)
     # the EMA teacher (sharded under FSDP, gathered into the checkpoint) moved and matches the 1-process one
-    t1, t2 = (torch.load(run / "checkpoint-2" / "trainer_state.pt", weights_only=False)["teacher"]
-              for run in (tmp_path / "full1", tmp_path / "full2"))
+    t1, t2 = (
+        torch.load(run / "checkpoint-2" / "trainer_state.pt", weights_only=False)["teacher"]
+        for run in (tmp_path / "full1", tmp_path / "full2")
+    )
     assert t1.keys() == t2.keys() and "lm_head.weight" in t1
     assert max((t1[k] - base[k]).abs().max().item() for k in t1) > 1e-5
     assert max((t1[k] - t2[k]).abs().max().item() for k in t1) < 1e-6

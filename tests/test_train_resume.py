@@ -42,10 +42,13 @@ def _metrics(run: Path) -> list[str]:
     return (run / "metrics.jsonl").read_text().splitlines()
 
 
-@pytest.mark.parametrize("recipe,overrides", [
-    ("sdpo_ema", ["model.finetune=lora"]),  # adapter + EMA teacher state + optimizer
-    ("grpo", []),                            # full fine-tuning, two mini-batches per step
-])
+@pytest.mark.parametrize(
+    "recipe,overrides",
+    [
+        ("sdpo_ema", ["model.finetune=lora"]),  # adapter + EMA teacher state + optimizer
+        ("grpo", []),  # full fine-tuning, two mini-batches per step
+    ],
+)
 def test_resume_equals_uninterrupted(tmp_path, recipe, overrides):
     torch.set_num_threads(1)
     if recipe == "grpo":
@@ -56,8 +59,14 @@ def test_resume_equals_uninterrupted(tmp_path, recipe, overrides):
     assert main([*common, "--output", str(tmp_path / "part"), "--max-steps", "4", "--resume"]) == 0
     _assert_same(tmp_path / "full" / "final", tmp_path / "part" / "final")
     full, part = _metrics(tmp_path / "full"), _metrics(tmp_path / "part")
-    strip = lambda lines: [{k: v for k, v in __import__("json").loads(x).items()
-                            if k not in ("tokens_per_s", "step_seconds", "peak_mem_mib")} for x in lines]
+    strip = lambda lines: [
+        {
+            k: v
+            for k, v in __import__("json").loads(x).items()
+            if k not in ("tokens_per_s", "step_seconds", "peak_mem_mib")
+        }
+        for x in lines
+    ]
     assert strip(full) == strip(part)  # same losses, scores and metrics at every step
 
 
@@ -73,8 +82,13 @@ def test_resume_after_sigkill(tmp_path):
     """A real process killed with SIGKILL after its 2nd checkpoint resumes to the same final weights."""
     cmd = [sys.executable, "-m", "sd_bench.cli", "train", "sdpo", "--scale", "smoke", "--max-steps", "6"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*cmd, "--output", str(tmp_path / "killed")], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--output", str(tmp_path / "killed")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "killed" / "checkpoint-2").exists():
         time.sleep(0.05)
@@ -83,9 +97,26 @@ def test_resume_after_sigkill(tmp_path):
     assert latest_checkpoint(tmp_path / "killed") is not None
     assert not (tmp_path / "killed" / "final").exists()
     torch.set_num_threads(1)
-    assert main(["train", "sdpo", "--scale", "smoke", "--max-steps", "6", "--output", str(tmp_path / "killed"),
-                 "--resume"]) == 0
-    assert main(["train", "sdpo", "--scale", "smoke", "--max-steps", "6", "--output", str(tmp_path / "clean")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "sdpo",
+                "--scale",
+                "smoke",
+                "--max-steps",
+                "6",
+                "--output",
+                str(tmp_path / "killed"),
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["train", "sdpo", "--scale", "smoke", "--max-steps", "6", "--output", str(tmp_path / "clean")])
+        == 0
+    )
     _assert_same(tmp_path / "clean" / "final", tmp_path / "killed" / "final")
     steps = [__import__("json").loads(x)["step"] for x in _metrics(tmp_path / "killed")]
     assert steps == [1, 2, 3, 4, 5, 6]  # resumed from a checkpoint, not restarted

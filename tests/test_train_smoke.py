@@ -11,8 +11,20 @@ torch = pytest.importorskip("torch")
 from sd_bench.cli import main
 from sd_bench.markers import MARKERS
 
-REQUIRED = {"step", "loss", "score", "response_tokens", "epistemic_count", "kl", "grad_norm", "lr", "tokens_per_s",
-            "peak_mem_mib", "teacher_context_tokens", "logprob_gap"}
+REQUIRED = {
+    "step",
+    "loss",
+    "score",
+    "response_tokens",
+    "epistemic_count",
+    "kl",
+    "grad_norm",
+    "lr",
+    "tokens_per_s",
+    "peak_mem_mib",
+    "teacher_context_tokens",
+    "logprob_gap",
+}
 
 
 def _train(out, recipe, *overrides):
@@ -36,15 +48,21 @@ def test_sdpo_sibling_full_ft(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(final)
     AutoTokenizer.from_pretrained(final)
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "tiny-model")
-    moved = [n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
+    moved = [
+        n
+        for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters())
+        if not torch.equal(p, q)
+    ]
     assert moved  # the update really changed the saved weights
 
 
 def test_loss_depends_on_the_teacher_context(tmp_path):
     """Same rollouts (same seeds), different teacher prompts -> different step-1 losses; c = none with a
     frozen teacher equals the student at step 1, so its divergence is 0."""
-    losses = {c: _train(tmp_path / c, "sdpo", f"teacher.context={c}")[0]["loss"]
-              for c in ("sibling", "answer", "none")}
+    losses = {
+        c: _train(tmp_path / c, "sdpo", f"teacher.context={c}")[0]["loss"]
+        for c in ("sibling", "answer", "none")
+    }
     assert losses["none"] == pytest.approx(0.0, abs=1e-7)
     assert losses["sibling"] > 1e-7 and losses["answer"] > 1e-7
     assert losses["sibling"] != pytest.approx(losses["answer"], rel=1e-3)
@@ -59,8 +77,15 @@ def test_grpo(tmp_path):
 
 def test_sft(tmp_path):
     traces = tmp_path / "traces.jsonl"
-    traces.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "response": f"<think>wait</think> "
-                                          f"\\boxed{{{a + 1}}}"}) + "\n" for a in range(6)))
+    traces.write_text(
+        "".join(
+            json.dumps(
+                {"question": f"What is {a} + 1?", "response": f"<think>wait</think> \\boxed{{{a + 1}}}"}
+            )
+            + "\n"
+            for a in range(6)
+        )
+    )
     records = _train(tmp_path / "sft", "sft", f"data.name={traces}", "run.max_steps=3", "optim.lr=1e-3")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[-1]["loss"] < records[0]["loss"]  # it learns the traces
@@ -82,6 +107,9 @@ def test_lora_regenerated_final_is_a_peft_adapter(tmp_path):
 
 
 def test_unknown_key_is_one_cli_error(tmp_path, capsys):
-    assert main(["train", "sdpo", "--scale", "smoke", "--output", str(tmp_path / "x"), "teacher.contxt=answer"]) == 2
+    assert (
+        main(["train", "sdpo", "--scale", "smoke", "--output", str(tmp_path / "x"), "teacher.contxt=answer"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown key `teacher.contxt`; did you mean `teacher.context`?" in err

@@ -17,15 +17,19 @@ from sd_bench.train.onpolicy import Item, _micro_loss, response_hidden, smoke_pr
 def _setup(tmp_path, finetune, mode, rate=0.25):
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = load_config("sdpo", scale="smoke", overrides=[f"model.finetune={finetune}", f"teacher.mode={mode}",
-                                                        f"teacher.ema_rate={rate}"])
+    cfg = load_config(
+        "sdpo",
+        scale="smoke",
+        overrides=[f"model.finetune={finetune}", f"teacher.mode={mode}", f"teacher.ema_rate={rate}"],
+    )
     model, tok, _ = load_model(cfg.model, tmp_path)
     teacher = Teacher(model, mode, rate)
     problem = smoke_problems()[0]
     prompt = tok(render(tok, problem.prompt), add_special_tokens=False)["input_ids"]
     response = tok("<think>1 + 2 = 3</think> \\boxed{3}", add_special_tokens=False)["input_ids"]
-    t_ids, _ = tc.teacher_prompt_ids(tok, problem.prompt, problem.solution, context="reference_solution",
-                                     max_prompt_tokens=512)
+    t_ids, _ = tc.teacher_prompt_ids(
+        tok, problem.prompt, problem.solution, context="reference_solution", max_prompt_tokens=512
+    )
     item = Item(prompt, response, [0.0] * len(response), 0, teacher_prompt_ids=t_ids)
     with torch.no_grad():
         h, w, t = response_hidden(model, [prompt], [response], tok.pad_token_id, "cpu")

@@ -21,7 +21,7 @@ def tokenizer():
 
 
 def _contains(seq, sub):
-    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+    return any(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 def test_successful_sibling_is_never_the_sample_itself():
@@ -45,26 +45,37 @@ def test_demonstrations_per_context():
 def test_teacher_prompt_holds_the_demonstration(tokenizer):
     problem = smoke_problems()[2]
     demo = "3 + 4 = 7, so the answer is \\boxed{7}."
-    ids, kept = tc.teacher_prompt_ids(tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=10_000)
+    ids, kept = tc.teacher_prompt_ids(
+        tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=10_000
+    )
     text = tokenizer.decode(ids)
-    assert text == render(tokenizer, f"{problem.prompt}\nCorrect solution:\n\n{demo}\n\nCorrectly solve the "
-                                     "original question.")
+    assert text == render(
+        tokenizer, f"{problem.prompt}\nCorrect solution:\n\n{demo}\n\nCorrectly solve the original question."
+    )
     assert text.endswith("<|im_start|>assistant\n") and kept > 0
-    none_ids, _ = tc.teacher_prompt_ids(tokenizer, problem.prompt, "", context="none", max_prompt_tokens=10_000)
+    none_ids, _ = tc.teacher_prompt_ids(
+        tokenizer, problem.prompt, "", context="none", max_prompt_tokens=10_000
+    )
     assert tokenizer.decode(none_ids) == render(tokenizer, problem.prompt)  # c = none: the student's prompt
 
 
 def test_truncation_cuts_the_demonstration_never_the_problem(tokenizer):
     problem = smoke_problems()[0]
     demo = " ".join(f"step {i}: 1 + 2 = 3." for i in range(200))
-    full, _ = tc.teacher_prompt_ids(tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=10_000)
-    ids, kept = tc.teacher_prompt_ids(tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=120)
+    full, _ = tc.teacher_prompt_ids(
+        tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=10_000
+    )
+    ids, kept = tc.teacher_prompt_ids(
+        tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=120
+    )
     assert len(full) > 120 and len(ids) == 120
     text = tokenizer.decode(ids)
     assert problem.prompt in text and text.startswith("<|im_start|>user\nWhat is 1 + 2?")
     assert "step 0: 1 + 2 = 3." in text and "step 199" not in text  # cut on the right
     assert text.endswith("Correctly solve the original question.<|im_end|>\n<|im_start|>assistant\n")
-    tiny, kept = tc.teacher_prompt_ids(tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=5)
+    tiny, kept = tc.teacher_prompt_ids(
+        tokenizer, problem.prompt, demo, context="sibling", max_prompt_tokens=5
+    )
     assert kept == 0 and problem.prompt in tokenizer.decode(tiny)  # the problem survives any budget
 
 
@@ -76,14 +87,18 @@ def test_sdpo_items_attach_the_sibling_tokens(tokenizer):
     responses = ["<think>wait</think> 7", "I think 5", "maybe 7 hmm"]
     rewards = [1.0, 0.0, 1.0]
     prompt_ids = tokenizer(render(tokenizer, problem.prompt), add_special_tokens=False)["input_ids"]
-    samples = [Sample(prompt_ids, tokenizer(r, add_special_tokens=False)["input_ids"], [0.0], 0) for r in responses]
+    samples = [
+        Sample(prompt_ids, tokenizer(r, add_special_tokens=False)["input_ids"], [0.0], 0) for r in responses
+    ]
     items = _sdpo_items(cfg, tokenizer, None, [problem], samples, responses, rewards, [0], step=0)
     assert [i.response_ids for i in items] == [s.response_ids for s in samples]
     for item, sibling in zip(items, [2, 0, 0]):
         demo_ids = tokenizer(responses[sibling], add_special_tokens=False)["input_ids"]
         assert _contains(item.teacher_prompt_ids, demo_ids)
         assert responses[sibling] in tokenizer.decode(item.teacher_prompt_ids)
-    no_success = _sdpo_items(cfg, tokenizer, None, [problem], samples, responses, [1.0, 0.0, 0.0], [0], step=0)
+    no_success = _sdpo_items(
+        cfg, tokenizer, None, [problem], samples, responses, [1.0, 0.0, 0.0], [0], step=0
+    )
     assert len(no_success) == 2  # sample 0 succeeded alone: it has no successful sibling, so no loss
     cfg.teacher.context = "sibling_nothink"
     items = _sdpo_items(cfg, tokenizer, None, [problem], samples, responses, rewards, [0], step=0)

@@ -71,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         settings[key.strip()] = value
     if settings and args.scale == "smoke":
-        print("sd-bench reproduce: --set applies to --scale small|paper (smoke is fixed: the CI baseline)",
-              file=sys.stderr)
+        print(
+            "sd-bench reproduce: --set applies to --scale small|paper (smoke is fixed: the CI baseline)",
+            file=sys.stderr,
+        )
         return 2
     try:
         manifest = manifest_mod.load(args.manifest)

@@ -36,18 +36,43 @@ SD_LR = None  # None: smoke.ONPOLICY_LR["sdpo"]
 CONDITIONS: dict[str, tuple[str, str | None, str, tuple[str, ...]]] = {
     "base": ("base (no training)", None, "", ()),
     "grpo": ("GRPO", "grpo", "toy_train_broad", ()),
-    "sd_solution": ("SD, c = clean solution", "sdpo", "toy_train_broad", ("teacher.context=reference_solution",)),
+    "sd_solution": (
+        "SD, c = clean solution",
+        "sdpo",
+        "toy_train_broad",
+        ("teacher.context=reference_solution",),
+    ),
     "sd_answer": ("SD, c = answer", "sdpo", "toy_train_broad", ("teacher.context=answer",)),
     "sd_none": ("SD, c = none", "sdpo", "toy_train_broad", ("teacher.context=none",)),
-    "sd_solution_ema": ("SD(solution), EMA teacher 0.05", "sdpo", "toy_train_broad",
-                        ("teacher.context=reference_solution", "teacher.mode=ema", "teacher.ema_rate=0.05")),
+    "sd_solution_ema": (
+        "SD(solution), EMA teacher 0.05",
+        "sdpo",
+        "toy_train_broad",
+        ("teacher.context=reference_solution", "teacher.mode=ema", "teacher.ema_rate=0.05"),
+    ),
     "sd_sibling": ("SD, c = successful sibling", "sdpo", "toy_train_broad", ("teacher.context=sibling",)),
-    "sd_solution_remedy": ("SD(solution) + markers out of the loss", "sdpo", "toy_train_broad",
-                           ("teacher.context=reference_solution", "loss.exclude_markers=true")),
-    "sd_solution_remedy2": ("SD(solution) + live-hedge positions out of the loss", "sdpo", "toy_train_broad",
-                            ("teacher.context=reference_solution", "loss.exclude_markers=true",
-                             "loss.marker_mass_threshold=0.05")),
-    "sd_solution_D8": ("SD(solution), 8 problems", "sdpo", "toy_train_8", ("teacher.context=reference_solution",)),
+    "sd_solution_remedy": (
+        "SD(solution) + markers out of the loss",
+        "sdpo",
+        "toy_train_broad",
+        ("teacher.context=reference_solution", "loss.exclude_markers=true"),
+    ),
+    "sd_solution_remedy2": (
+        "SD(solution) + live-hedge positions out of the loss",
+        "sdpo",
+        "toy_train_broad",
+        (
+            "teacher.context=reference_solution",
+            "loss.exclude_markers=true",
+            "loss.marker_mass_threshold=0.05",
+        ),
+    ),
+    "sd_solution_D8": (
+        "SD(solution), 8 problems",
+        "sdpo",
+        "toy_train_8",
+        ("teacher.context=reference_solution",),
+    ),
     "grpo_D8": ("GRPO, 8 problems", "grpo", "toy_train_8", ()),
 }
 COLUMNS = [  # key, label, metric kind (sd-bench check's tolerance), where in the evaluation
@@ -65,9 +90,17 @@ def train_overrides(name: str, seed: int, steps: int, base: Path) -> list[str]:
 
     _, recipe, data, extra = CONDITIONS[name]
     lr = smoke.ONPOLICY_LR["grpo"] if recipe == "grpo" else (SD_LR or smoke.ONPOLICY_LR["sdpo"])
-    return [f"model.path={base}", f"data.name={data}", f"run.seed={seed}", f"run.max_steps={steps}",
-            f"run.save_every={steps}", f"optim.lr={lr}", *smoke.ONPOLICY_OVERRIDES, f"loss.top_k={TOP_K}",
-            *extra]
+    return [
+        f"model.path={base}",
+        f"data.name={data}",
+        f"run.seed={seed}",
+        f"run.max_steps={steps}",
+        f"run.save_every={steps}",
+        f"optim.lr={lr}",
+        *smoke.ONPOLICY_OVERRIDES,
+        f"loss.top_k={TOP_K}",
+        *extra,
+    ]
 
 
 def train(name: str, seed: int, steps: int, base: Path, out: Path) -> Path:
@@ -76,7 +109,14 @@ def train(name: str, seed: int, steps: int, base: Path, out: Path) -> Path:
 
     parser = argparse.ArgumentParser(prog="sd-bench train")
     train_cli.add_arguments(parser)
-    args = ["--scale", "smoke", "--output", str(out), CONDITIONS[name][1], *train_overrides(name, seed, steps, base)]
+    args = [
+        "--scale",
+        "smoke",
+        "--output",
+        str(out),
+        CONDITIONS[name][1],
+        *train_overrides(name, seed, steps, base),
+    ]
     if train_cli.run(parser.parse_args(args)):
         raise RuntimeError(f"sd-bench train {' '.join(args)} failed")
     return out / "final"
@@ -100,14 +140,17 @@ def run_one(name: str, seed: int, steps: int, base: Path, work: Path) -> dict:
         row["train_s"] = round(time.monotonic() - t0, 1)
         metrics = [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
         row["step_s"] = round(statistics.mean(m["step_seconds"] for m in metrics), 3)
-        row["curve"] = [{k: m[k] for k in ("step", "score", "response_tokens", "epistemic_count", "loss")}
-                        for m in metrics]
+        row["curve"] = [
+            {k: m[k] for k in ("step", "score", "response_tokens", "epistemic_count", "loss")}
+            for m in metrics
+        ]
     tok = experiment.load_tokenizer(model_dir)
     model = experiment.load_model(model_dir).eval()
     t0 = time.monotonic()
     row.update(experiment.eval_both(model, tok, 1000 * seed))
-    row["train8"] = experiment.evaluate(model, tok, world.coverage_set(8, seed=0), experiment.MAX_NEW_ID,
-                                        1000 * seed + 2, samples=16).__dict__
+    row["train8"] = experiment.evaluate(
+        model, tok, world.coverage_set(8, seed=0), experiment.MAX_NEW_ID, 1000 * seed + 2, samples=16
+    ).__dict__
     row["eval_s"] = round(time.monotonic() - t0, 1)
     work.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
@@ -134,8 +177,15 @@ def aggregate(rows: list[dict], steps: int) -> dict:
         mine = sorted((r for r in rows if r["condition"] == name), key=lambda r: r["seed"])
         if not mine:
             continue
-        cond = {"label": label, "metrics": {}, "min": {}, "max": {}, "per_seed": {}, "stats": {},
-                "seeds": [r["seed"] for r in mine]}
+        cond = {
+            "label": label,
+            "metrics": {},
+            "min": {},
+            "max": {},
+            "per_seed": {},
+            "stats": {},
+            "seeds": [r["seed"] for r in mine],
+        }
         for key, _, kind, where in COLUMNS:
             vals = [v for r in mine if (v := _value(r, where)) is not None]
             if not vals:
@@ -149,19 +199,26 @@ def aggregate(rows: list[dict], steps: int) -> dict:
             cond["train_s"] = [r.get("train_s") for r in mine]
         conditions[name] = cond
     table = {
-        "schema": "sd-bench/table/v1", "table": "ablations", "scale": "smoke",
+        "schema": "sd-bench/table/v1",
+        "table": "ablations",
+        "scale": "smoke",
         "title": f"Toy world ablations through sd-bench train ({steps} steps, seeds "
-                 f"{sorted({r['seed'] for r in rows})})",
-        "columns": [{"key": k, "label": lab, "metric": kind, "scale": 1.0, "digits": 2}
-                    for k, lab, kind, _ in COLUMNS],
+        f"{sorted({r['seed'] for r in rows})})",
+        "columns": [
+            {"key": k, "label": lab, "metric": kind, "scale": 1.0, "digits": 2} for k, lab, kind, _ in COLUMNS
+        ],
         "conditions": conditions,
-        "settings": {"steps": steps, "top_k": TOP_K, "train_overrides": train_overrides("sd_solution", 0, steps,
-                                                                                         Path("sd_bench/toy/base")),
-                     "eval": "sd_bench.toy.experiment.eval_both (256 ID + 256 OOD x 2 samples, T = 1.0)"},
+        "settings": {
+            "steps": steps,
+            "top_k": TOP_K,
+            "train_overrides": train_overrides("sd_solution", 0, steps, Path("sd_bench/toy/base")),
+            "eval": "sd_bench.toy.experiment.eval_both (256 ID + 256 OOD x 2 samples, T = 1.0)",
+        },
     }
     table["verdicts"] = verdicts(conditions)
-    table["provenance"] = provenance.stamp({}, model="sd_bench/toy/base", data="sd_bench.toy",
-                                           seed=sorted({r["seed"] for r in rows})).get("provenance", {})
+    table["provenance"] = provenance.stamp(
+        {}, model="sd_bench/toy/base", data="sd_bench.toy", seed=sorted({r["seed"] for r in rows})
+    ).get("provenance", {})
     return table
 
 
@@ -170,23 +227,34 @@ def verdicts(c: dict) -> dict:
     out = {}
     if {"base", "sd_solution"} <= c.keys():
         b, s = c["base"]["metrics"], c["sd_solution"]["metrics"]
-        out["effect_holds"] = bool(s["id_waits"] < 0.2 * b["id_waits"] and s["id_length"] < 0.5 * b["id_length"]
-                                   and s["ood_acc"] < b["ood_acc"] - 0.1)
-        for key, verdict in (("sd_solution_remedy", "remedy_holds"), ("sd_solution_remedy2", "remedy2_holds")):
+        out["effect_holds"] = bool(
+            s["id_waits"] < 0.2 * b["id_waits"]
+            and s["id_length"] < 0.5 * b["id_length"]
+            and s["ood_acc"] < b["ood_acc"] - 0.1
+        )
+        for key, verdict in (
+            ("sd_solution_remedy", "remedy_holds"),
+            ("sd_solution_remedy2", "remedy2_holds"),
+        ):
             if key in c:
                 r = c[key]["metrics"]
                 out[verdict] = bool(
                     abs(r["id_waits"] - b["id_waits"]) < abs(s["id_waits"] - b["id_waits"])
-                    and abs(r["ood_acc"] - b["ood_acc"]) < abs(s["ood_acc"] - b["ood_acc"]))
+                    and abs(r["ood_acc"] - b["ood_acc"]) < abs(s["ood_acc"] - b["ood_acc"])
+                )
     return out
 
 
 def markdown(table: dict) -> str:
     cols = table["columns"]
-    lines = [f"# {table['title']}", "",
-             "Mean over seeds, min-max in brackets. " + table["settings"]["eval"] + ".", "",
-             "| condition | " + " | ".join(c["label"] for c in cols) + " | train s/run |",
-             "|---|" + "---|" * (len(cols) + 1)]
+    lines = [
+        f"# {table['title']}",
+        "",
+        "Mean over seeds, min-max in brackets. " + table["settings"]["eval"] + ".",
+        "",
+        "| condition | " + " | ".join(c["label"] for c in cols) + " | train s/run |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
     for cond in table["conditions"].values():
         cells = []
         for c in cols:
@@ -199,27 +267,50 @@ def markdown(table: dict) -> str:
         cells.append(f"{min(secs):.0f}-{max(secs):.0f}" if secs else "")
         lines.append(f"| {cond['label']} | " + " | ".join(cells) + " |")
     v = table["verdicts"]
-    lines += ["", ("- effect holds (SD(solution) waits < 0.2 x base, length < 0.5 x base, OOD < base - 0.1, "
-                   f"on the means): **{v.get('effect_holds')}**"),
-              ("- remedy holds (`loss.exclude_markers`: waits and OOD accuracy closer to base than "
-               f"SD(solution)'s, on the means): **{v.get('remedy_holds')}**"),
-              ("- remedy 2 holds (`loss.exclude_markers` + `loss.marker_mass_threshold=0.05`, same test): "
-               f"**{v.get('remedy2_holds')}**"),
-              ("- train s/run: wall seconds of `sd-bench train` with up to 6 runs sharing 2 CPU cores (not a "
-               "speed measurement; see sd_bench/toy/README.md)"), "", ""]
+    lines += [
+        "",
+        (
+            "- effect holds (SD(solution) waits < 0.2 x base, length < 0.5 x base, OOD < base - 0.1, "
+            f"on the means): **{v.get('effect_holds')}**"
+        ),
+        (
+            "- remedy holds (`loss.exclude_markers`: waits and OOD accuracy closer to base than "
+            f"SD(solution)'s, on the means): **{v.get('remedy_holds')}**"
+        ),
+        (
+            "- remedy 2 holds (`loss.exclude_markers` + `loss.marker_mass_threshold=0.05`, same test): "
+            f"**{v.get('remedy2_holds')}**"
+        ),
+        (
+            "- train s/run: wall seconds of `sd-bench train` with up to 6 runs sharing 2 CPU cores (not a "
+            "speed measurement; see sd_bench/toy/README.md)"
+        ),
+        "",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sd_bench.toy.ablations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sd_bench.toy.ablations", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
-    parser.add_argument("--base", type=Path, default=None, help="toy base folder (default: the committed one)")
+    parser.add_argument(
+        "--base", type=Path, default=None, help="toy base folder (default: the committed one)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="run folders and per-run JSON (reused)")
-    parser.add_argument("--out", type=Path, default=None, help="write the table JSON here (and .md beside it)")
-    parser.add_argument("--rules", type=Path, default=None,
-                        help="write the guards that held on every seed as `sd-bench check` rules here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the table JSON here (and .md beside it)"
+    )
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        default=None,
+        help="write the guards that held on every seed as `sd-bench check` rules here",
+    )
     args = parser.parse_args(argv)
     from sd_bench import tables
     from sd_bench.toy import BASE_DIR
@@ -232,9 +323,12 @@ def main(argv=None) -> int:
         for name in args.conditions:
             row = run_one(name, seed, args.steps, base, work)
             rows.append(row)
-            print(f"seed {seed} {name}: ID {row['id']['acc']:.3f} OOD {row['ood']['acc']:.3f} waits "
-                  f"{row['id']['waits']:.2f} len {row['id']['length']:.1f} train_s {row.get('train_s')}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"seed {seed} {name}: ID {row['id']['acc']:.3f} OOD {row['ood']['acc']:.3f} waits "
+                f"{row['id']['waits']:.2f} len {row['id']['length']:.1f} train_s {row.get('train_s')}",
+                file=sys.stderr,
+                flush=True,
+            )
     if args.out:
         table = aggregate(rows, args.steps)
         tables.write_text_atomic(args.out, json.dumps(table, indent=1) + "\n")
@@ -244,21 +338,28 @@ def main(argv=None) -> int:
         print(text)
         if args.rules:
             held = {g["guard"] for g in report} - {g["guard"] for g in report if not g["holds"]}
-            rules = {"about": f"issue 5's guards on {args.out.name}, one rule per seed (lhs OP factor * rhs + "
-                              "offset); written by `python -m sd_bench.toy.ablations --rules`; only guards that "
-                              "held on every seed are kept (the others are listed in the .md)",
-                     "rules": [g["rule"] for g in report if g["guard"] in held]}
+            rules = {
+                "about": f"issue 5's guards on {args.out.name}, one rule per seed (lhs OP factor * rhs + "
+                "offset); written by `python -m sd_bench.toy.ablations --rules`; only guards that "
+                "held on every seed are kept (the others are listed in the .md)",
+                "rules": [g["rule"] for g in report if g["guard"] in held],
+            }
             tables.write_text_atomic(args.rules, json.dumps(rules, indent=1) + "\n")
     return 0
 
 
-
 def guards_markdown(report: list[dict]) -> str:
-    lines = ["## Issue 5's guards, per seed", "", "| guard | seed | value | bound | slack | holds |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Issue 5's guards, per seed",
+        "",
+        "| guard | seed | value | bound | slack | holds |",
+        "|---|---|---|---|---|---|",
+    ]
     for g in report:
-        lines.append(f"| {g['guard'].replace('|', chr(92) + '|')} | {g['seed']} | {g['lhs']:.3f} | {g['bound']:.3f} | {g['slack']:+.3f} | "
-                     f"{'yes' if g['holds'] else '**no**'} |")
+        lines.append(
+            f"| {g['guard'].replace('|', chr(92) + '|')} | {g['seed']} | {g['lhs']:.3f} | {g['bound']:.3f} | {g['slack']:+.3f} | "
+            f"{'yes' if g['holds'] else '**no**'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -270,12 +371,39 @@ GUARDS: list[tuple[str, tuple[str, str], str, tuple[str, str], float, float]] = 
     ("SD(solution) length < 0.5 x base", ("sd_solution", "id_length"), "<", ("base", "id_length"), 0.5, 0.0),
     ("SD(solution) OOD acc < base - 0.1", ("sd_solution", "ood_acc"), "<", ("base", "ood_acc"), 1.0, -0.1),
     ("GRPO waits > base", ("grpo", "id_waits"), ">", ("base", "id_waits"), 1.0, 0.0),
-    ("GRPO OOD acc > SD(solution) OOD + 0.15", ("grpo", "ood_acc"), ">", ("sd_solution", "ood_acc"), 1.0, 0.15),
-    ("SD(answer) waits > SD(solution)", ("sd_answer", "id_waits"), ">", ("sd_solution", "id_waits"), 1.0, 0.0),
+    (
+        "GRPO OOD acc > SD(solution) OOD + 0.15",
+        ("grpo", "ood_acc"),
+        ">",
+        ("sd_solution", "ood_acc"),
+        1.0,
+        0.15,
+    ),
+    (
+        "SD(answer) waits > SD(solution)",
+        ("sd_answer", "id_waits"),
+        ">",
+        ("sd_solution", "id_waits"),
+        1.0,
+        0.0,
+    ),
     ("SD(answer) waits < base", ("sd_answer", "id_waits"), "<", ("base", "id_waits"), 1.0, 0.0),
-    ("|D|=8: SD training score > base + 0.3", ("sd_solution_D8", "train8_acc"), ">", ("base", "train8_acc"),
-     1.0, 0.3),
-    ("|D|=8: SD held-out ID < base - 0.15", ("sd_solution_D8", "id_acc"), "<", ("base", "id_acc"), 1.0, -0.15),
+    (
+        "|D|=8: SD training score > base + 0.3",
+        ("sd_solution_D8", "train8_acc"),
+        ">",
+        ("base", "train8_acc"),
+        1.0,
+        0.3,
+    ),
+    (
+        "|D|=8: SD held-out ID < base - 0.15",
+        ("sd_solution_D8", "id_acc"),
+        "<",
+        ("base", "id_acc"),
+        1.0,
+        -0.15,
+    ),
 ]
 
 
@@ -292,11 +420,24 @@ def guard_report(table: dict) -> list[dict]:
         for i, seed in enumerate(c[lc]["seeds"]):
             lhs, rhs = c[lc]["per_seed"][lm][i], c[rc]["per_seed"][rm][i]
             bound = factor * rhs + offset
-            out.append({"guard": name, "seed": seed, "lhs": lhs, "bound": round(bound, 4),
-                        "slack": round(bound - lhs if op == "<" else lhs - bound, 4),
-                        "holds": ops[op](lhs, bound), "rule": {
-                            "name": f"{name} (seed {seed})", "lhs": f"conditions.{lc}.per_seed.{lm}.{i}", "op": op,
-                            "rhs": f"conditions.{rc}.per_seed.{rm}.{i}", "factor": factor, "offset": offset}})
+            out.append(
+                {
+                    "guard": name,
+                    "seed": seed,
+                    "lhs": lhs,
+                    "bound": round(bound, 4),
+                    "slack": round(bound - lhs if op == "<" else lhs - bound, 4),
+                    "holds": ops[op](lhs, bound),
+                    "rule": {
+                        "name": f"{name} (seed {seed})",
+                        "lhs": f"conditions.{lc}.per_seed.{lm}.{i}",
+                        "op": op,
+                        "rhs": f"conditions.{rc}.per_seed.{rm}.{i}",
+                        "factor": factor,
+                        "offset": offset,
+                    },
+                }
+            )
     return out
 
 

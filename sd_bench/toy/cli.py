@@ -17,18 +17,31 @@ DEFAULT_STEPS = {"pretrain": 2600, "experiment": 60}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=sorted(DEFAULT_STEPS),
-                        help="pretrain: rebuild the toy base; experiment: measure the effect (plain torch)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="pretrain: optimizer steps (2600); experiment: post-training steps per run (60)")
+    parser.add_argument(
+        "action",
+        choices=sorted(DEFAULT_STEPS),
+        help="pretrain: rebuild the toy base; experiment: measure the effect (plain torch)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="pretrain: optimizer steps (2600); experiment: post-training steps per run (60)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="pretrain: seed")
-    parser.add_argument("--output", default=str(BASE_DIR), help=f"pretrain: output folder (default {BASE_DIR})")
+    parser.add_argument(
+        "--output", default=str(BASE_DIR), help=f"pretrain: output folder (default {BASE_DIR})"
+    )
     parser.add_argument("--save-every", type=int, default=0, help="pretrain: also save every N steps")
     parser.add_argument("--base", default=str(BASE_DIR), help="experiment: the base model folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="experiment: seeds")
-    parser.add_argument("--runs", nargs="+", default=None,
-                        help="experiment: subset of base sd_solution sd_answer sd_none grpo sd_solution_D8 "
-                             "grpo_D8 (default: all)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="experiment: subset of base sd_solution sd_answer sd_none grpo sd_solution_D8 "
+        "grpo_D8 (default: all)",
+    )
     parser.add_argument("--out", default=None, help="experiment: write the result JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 

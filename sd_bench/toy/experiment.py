@@ -56,7 +56,9 @@ def encode_prompts(tok, texts: list[str]) -> list[list[int]]:
     return [tok.encode(t, add_special_tokens=False) for t in texts]
 
 
-def sample(model, tok, prompts: list[list[int]], max_new: int, temperature: float, generator) -> list[list[int]]:
+def sample(
+    model, tok, prompts: list[list[int]], max_new: int, temperature: float, generator
+) -> list[list[int]]:
     """Batched ancestral sampling with a KV cache; returns each response's ids, EOS included if produced.
 
     Left padding with explicit position ids, so every prompt's last token sits at the same column. Finished
@@ -70,8 +72,8 @@ def sample(model, tok, prompts: list[list[int]], max_new: int, temperature: floa
     ids_B_T = torch.full((B, width), tok.pad_token_id, dtype=torch.long)
     mask_B_T = torch.zeros((B, width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids_B_T[i, width - len(p):] = torch.tensor(p)
-        mask_B_T[i, width - len(p):] = 1
+        ids_B_T[i, width - len(p) :] = torch.tensor(p)
+        mask_B_T[i, width - len(p) :] = 1
     pos_B_T = (mask_B_T.cumsum(1) - 1).clamp(min=0)
     out: list[list[int]] = [[] for _ in range(B)]
     rows = torch.arange(B)  # original index of each active row
@@ -80,8 +82,13 @@ def sample(model, tok, prompts: list[list[int]], max_new: int, temperature: floa
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         for _ in range(max_new):
-            res = model(input_ids=step_ids, attention_mask=mask_B_T, position_ids=step_pos,
-                        use_cache=True, **{cache_kw: cache})
+            res = model(
+                input_ids=step_ids,
+                attention_mask=mask_B_T,
+                position_ids=step_pos,
+                use_cache=True,
+                **{cache_kw: cache},
+            )
             cache = getattr(res, "cache", None) or res.past_key_values
             probs_b_V = torch.softmax(res.logits[:, -1].float() / temperature, dim=-1)
             nxt_b = torch.multinomial(probs_b_V, 1, generator=generator).squeeze(1)
@@ -96,7 +103,12 @@ def sample(model, tok, prompts: list[list[int]], max_new: int, temperature: floa
             if not bool(keep_b.all()):
                 keep = torch.nonzero(keep_b).flatten()
                 cache.reorder_cache(keep)  # index_select on every layer's keys and values
-                rows, step_ids, step_pos, mask_B_T = rows[keep], step_ids[keep], step_pos[keep], mask_B_T[keep]
+                rows, step_ids, step_pos, mask_B_T = (
+                    rows[keep],
+                    step_ids[keep],
+                    step_pos[keep],
+                    mask_B_T[keep],
+                )
     return out
 
 
@@ -146,7 +158,7 @@ def evaluate(model, tok, problems, max_new: int, seed: int, samples: int = EVAL_
     prompts = encode_prompts(tok, [render(tok, p.prompt) for p in expanded])
     responses = []
     for i in range(0, len(prompts), chunk):
-        responses += sample(model, tok, prompts[i:i + chunk], max_new, TEMPERATURE, gen)
+        responses += sample(model, tok, prompts[i : i + chunk], max_new, TEMPERATURE, gen)
     return score(tok, expanded, responses)
 
 
@@ -205,8 +217,17 @@ def grpo_loss(student_logp_B_R_V, responses_B_R, mask_B_R, rewards_B, group: int
     return -(adv_B[:, None] * logp_B_R * mask_B_R).sum() / mask_B_R.sum()
 
 
-def post_train(base_dir, method: str, context: str | None, train_set, steps: int, seed: int,
-               eval_fn=None, log=print, max_new: int = MAX_NEW_ID):
+def post_train(
+    base_dir,
+    method: str,
+    context: str | None,
+    train_set,
+    steps: int,
+    seed: int,
+    eval_fn=None,
+    log=print,
+    max_new: int = MAX_NEW_ID,
+):
     """Train a copy of the base for `steps` on-policy steps; returns (model, per-step records)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -246,16 +267,22 @@ def post_train(base_dir, method: str, context: str | None, train_set, steps: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
         opt.step()
-        records.append({
-            "step": step + 1, "loss": round(loss.item(), 5), "train_reward": statistics.mean(rewards),
-            "waits": statistics.mean(epistemic_count(t) for t in texts),
-            "length": statistics.mean(response_length(tok, r) for r in responses),
-            "elapsed_s": round(time.time() - t0, 2),
-        })
+        records.append(
+            {
+                "step": step + 1,
+                "loss": round(loss.item(), 5),
+                "train_reward": statistics.mean(rewards),
+                "waits": statistics.mean(epistemic_count(t) for t in texts),
+                "length": statistics.mean(response_length(tok, r) for r in responses),
+                "elapsed_s": round(time.time() - t0, 2),
+            }
+        )
         if eval_fn is not None:
             records[-1].update(eval_fn(student, step + 1) or {})
-    log(f"  {method}/{context}: {steps} steps in {time.time() - t0:.1f}s, last train reward "
-        f"{records[-1]['train_reward']:.2f}")
+    log(
+        f"  {method}/{context}: {steps} steps in {time.time() - t0:.1f}s, last train reward "
+        f"{records[-1]['train_reward']:.2f}"
+    )
     return student, records
 
 
@@ -298,10 +325,19 @@ def run_experiment(base_dir=BASE_DIR, steps: int = 60, seeds=(0,), runs=None, lo
     unknown = [r for r in runs if r not in ALL_RUNS]
     if unknown:
         raise ValueError(f"unknown run {unknown[0]!r}: choose from {', '.join(ALL_RUNS)}")
-    result = {"base_dir": str(base_dir), "steps": steps, "seeds": list(seeds), "rows": [],
-              "settings": {"lr": LR, "rollouts": PROMPTS_PER_STEP * ROLLOUTS_PER_PROMPT,
-                           "temperature": TEMPERATURE, "eval_samples": EVAL_SAMPLES,
-                           "threads": torch.get_num_threads()}}
+    result = {
+        "base_dir": str(base_dir),
+        "steps": steps,
+        "seeds": list(seeds),
+        "rows": [],
+        "settings": {
+            "lr": LR,
+            "rollouts": PROMPTS_PER_STEP * ROLLOUTS_PER_PROMPT,
+            "temperature": TEMPERATURE,
+            "eval_samples": EVAL_SAMPLES,
+            "threads": torch.get_num_threads(),
+        },
+    }
     t0 = time.time()
     eight = world.coverage_set(8, seed=0)
     for seed in seeds:
@@ -340,14 +376,18 @@ def _fmt(row) -> str:
     def f(x):
         return "-" if x is None else f"{x:.3f}"
 
-    return (f"ID acc {i['acc']:.3f} OOD acc {o['acc']:.3f} waits {i['waits']:.2f} len {i['length']:.1f} "
-            f"| ID acc after a wait {f(i['acc_after_wait'])}, without {f(i['acc_without_wait'])}")
+    return (
+        f"ID acc {i['acc']:.3f} OOD acc {o['acc']:.3f} waits {i['waits']:.2f} len {i['length']:.1f} "
+        f"| ID acc after a wait {f(i['acc_after_wait'])}, without {f(i['acc_without_wait'])}"
+    )
 
 
 def markdown_table(result: dict) -> str:
     """Per run, the range over seeds (min-max) of each column, as in issue 5's prototype table."""
-    lines = ["| run (from the base) | ID acc | OOD acc | waits/response (ID) | length (ID) | acc, 8 train problems |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| run (from the base) | ID acc | OOD acc | waits/response (ID) | length (ID) | acc, 8 train problems |",
+        "|---|---|---|---|---|---|",
+    ]
     order = []
     for r in result["rows"]:
         if r["run"] not in order:
@@ -362,14 +402,20 @@ def markdown_table(result: dict) -> str:
 
     for name in order:
         rows = [r for r in result["rows"] if r["run"] == name]
-        lines.append("| " + " | ".join([
-            name,
-            rng_of([r["id"]["acc"] for r in rows]),
-            rng_of([r["ood"]["acc"] for r in rows]),
-            rng_of([r["id"]["waits"] for r in rows]),
-            rng_of([r["id"]["length"] for r in rows]),
-            rng_of([r.get("train8", {}).get("acc") for r in rows]),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    rng_of([r["id"]["acc"] for r in rows]),
+                    rng_of([r["ood"]["acc"] for r in rows]),
+                    rng_of([r["id"]["waits"] for r in rows]),
+                    rng_of([r["id"]["length"] for r in rows]),
+                    rng_of([r.get("train8", {}).get("acc") for r in rows]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -67,7 +67,9 @@ def make_batch(tok, rng: random.Random, batch: int = BATCH):
     """
     import torch
 
-    encoded = sorted((encode_trace(tok, world.sample_trace(rng)) for _ in range(batch)), key=lambda e: -len(e[0]))
+    encoded = sorted(
+        (encode_trace(tok, world.sample_trace(rng)) for _ in range(batch)), key=lambda e: -len(e[0])
+    )
     width = max(ROW, len(encoded[0][0]))
     rows: list[list[tuple[list[int], list[int]]]] = []
     for item in encoded:  # first-fit decreasing
@@ -161,7 +163,9 @@ def pretrain(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps)
         input_ids, positions, attention, labels = make_batch(tok, rng)
-        loss = model(input_ids=input_ids, position_ids=positions, attention_mask=attention, labels=labels).loss
+        loss = model(
+            input_ids=input_ids, position_ids=positions, attention_mask=attention, labels=labels
+        ).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -170,8 +174,10 @@ def pretrain(
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         history.append({"step": step + 1, "loss": round(value, 4)})
         if (step + 1) % 50 == 0 or step == 0:
-            log(f"step {step + 1}/{steps} loss {value:.4f} ema {ema:.4f} lr {lr_at(step, steps):.2e} "
-                f"elapsed {time.time() - t0:.0f}s")
+            log(
+                f"step {step + 1}/{steps} loss {value:.4f} ema {ema:.4f} lr {lr_at(step, steps):.2e} "
+                f"elapsed {time.time() - t0:.0f}s"
+            )
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
             save_atomic(model, tok, Path(output), provenance(step + 1))
     prov = provenance(steps)

@@ -229,4 +229,3 @@ def grade_toy(response: str, gold: str) -> Grade:
     extracted = extract_answer(response)
     gold_norm = str(gold).strip().lstrip("0") or "0"
     return Grade(correct=extracted is not None and extracted == gold_norm, extracted=extracted)
-

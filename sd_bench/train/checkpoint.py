@@ -47,8 +47,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -95,13 +99,29 @@ def load_weights(model, folder: Path) -> None:
         state.update(load_file(str(file)))
     missing, unexpected = load_full_state_dict(model, state, strict=False)  # FSDP: each rank keeps its shard
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    missing = [
+        k
+        for k in missing
+        if k not in tied and not (k == "lm_head.weight" and model.config.tie_word_embeddings)
+    ]
     if missing or unexpected:
-        raise RuntimeError(f"{folder}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise RuntimeError(
+            f"{folder}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
-def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, rank: int = 0,
-                    world_size: int = 1, barrier=lambda: None, keep: int | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model,
+    tokenizer,
+    trainer_state: dict,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier=lambda: None,
+    keep: int | None = None,
+) -> Path:
     """Write checkpoint-<step>/ atomically. Every rank calls it (each saves its RNG; FSDP gathers the
     weights); rank 0 writes the rest. `trainer_state` must already hold full (gathered) states."""
     run_dir = Path(run_dir)

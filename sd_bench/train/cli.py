@@ -15,13 +15,23 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe name (e.g. sdpo, grpo, sft) or a recipe YAML path")
-    parser.add_argument("--scale", choices=["smoke", "small", "paper"], default=None,
-                        help="smoke: tiny local model on CPU (default without a GPU); small: Qwen3-1.7B on one "
-                             "GPU; paper: the paper's settings (default with a GPU)")
+    parser.add_argument(
+        "--scale",
+        choices=["smoke", "small", "paper"],
+        default=None,
+        help="smoke: tiny local model on CPU (default without a GPU); small: Qwen3-1.7B on one "
+        "GPU; paper: the paper's settings (default with a GPU)",
+    )
     parser.add_argument("--output", "-o", required=True, type=Path, help="run folder")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (run.max_steps)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (run.max_steps)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --output"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5"
+    )
 
 
 def default_scale() -> str:
@@ -47,9 +57,15 @@ def run(args: argparse.Namespace) -> int:
             previous = from_dict(yaml.safe_load(saved.read_text()), str(saved))
             previous.run.max_steps = cfg.run.max_steps
             if to_dict(previous) != to_dict(cfg):
-                diff = [k for k in _flat(to_dict(cfg)) if _flat(to_dict(cfg))[k] != _flat(to_dict(previous)).get(k)]
-                raise ConfigError(f"--resume: the config differs from {saved} in {', '.join(diff)}; resume with "
-                                  "the same recipe, scale and overrides (only --max-steps may change)")
+                diff = [
+                    k
+                    for k in _flat(to_dict(cfg))
+                    if _flat(to_dict(cfg))[k] != _flat(to_dict(previous)).get(k)
+                ]
+                raise ConfigError(
+                    f"--resume: the config differs from {saved} in {', '.join(diff)}; resume with "
+                    "the same recipe, scale and overrides (only --max-steps may change)"
+                )
     except ConfigError as exc:
         print(f"sd-bench train: error: {exc}", file=sys.stderr)
         return 2

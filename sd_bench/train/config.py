@@ -183,7 +183,9 @@ def field_names(cls=TrainConfig, prefix: str = "") -> list[str]:
     names = []
     for f in dataclasses.fields(cls):
         key = prefix + f.name
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+        if dataclasses.is_dataclass(
+            f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        ):
             names.extend(field_names(f.default_factory, key + "."))
         else:
             names.append(key)
@@ -225,16 +227,17 @@ def _check_type(value, annotation, where: str):
         return value
     if origin is list and isinstance(value, list):
         return [_check_type(v, args[0], where) for v in value] if args else value
-    if annotation is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
+    if (annotation is dict or origin is dict) and isinstance(value, dict):
+        return value
     raise ConfigError(f"{where}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
 def _merge(obj, values: dict, source: str, prefix: str = "") -> None:
     """Set fields of dataclass `obj` from a nested dict, validating keys and types."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {values!r}")
+        raise ConfigError(
+            f"{source}: `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {values!r}"
+        )
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -338,9 +341,18 @@ def validate(cfg: TrainConfig, source: str) -> None:
         value = get(cfg, dotted)
         if value not in allowed:
             raise ConfigError(f"{source}: field `{dotted}` = {value!r}; expected one of {', '.join(allowed)}")
-    positive = ["rollout.n", "rollout.prompts_per_step", "rollout.max_new_tokens", "optim.mini_batch_size",
-                "optim.micro_batch_size", "run.max_steps", "run.save_every", "run.batch_size", "loss.chunk_size",
-                "teacher.max_prompt_tokens"]
+    positive = [
+        "rollout.n",
+        "rollout.prompts_per_step",
+        "rollout.max_new_tokens",
+        "optim.mini_batch_size",
+        "optim.micro_batch_size",
+        "run.max_steps",
+        "run.save_every",
+        "run.batch_size",
+        "loss.chunk_size",
+        "teacher.max_prompt_tokens",
+    ]
     for dotted in positive:
         if get(cfg, dotted) <= 0:
             raise ConfigError(f"{source}: field `{dotted}` = {get(cfg, dotted)!r} must be > 0")
@@ -356,10 +368,14 @@ def validate(cfg: TrainConfig, source: str) -> None:
             f"`rollout.prompts_per_step` = {cfg.rollout.prompts_per_step}"
         )
     if cfg.loss.kind == "sampled_token" and cfg.loss.alpha != 1.0:
-        raise ConfigError(f"{source}: field `loss.alpha` must be 1.0 with loss.kind=sampled_token (reverse KL)")
+        raise ConfigError(
+            f"{source}: field `loss.alpha` must be 1.0 with loss.kind=sampled_token (reverse KL)"
+        )
     if cfg.distributed.strategy == "fsdp" and cfg.model.finetune == "lora":
-        raise ConfigError(f"{source}: field `distributed.strategy` = 'fsdp' is for full fine-tuning; with "
-                          "model.finetune=lora use distributed.strategy=ddp (or auto)")
+        raise ConfigError(
+            f"{source}: field `distributed.strategy` = 'fsdp' is for full fine-tuning; with "
+            "model.finetune=lora use distributed.strategy=ddp (or auto)"
+        )
     if cfg.loss.top_k is not None and cfg.loss.top_k <= 0:
         raise ConfigError(f"{source}: field `loss.top_k` must be > 0 or null (full vocabulary)")
 

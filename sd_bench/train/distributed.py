@@ -149,8 +149,9 @@ def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -214,8 +215,10 @@ def fully_shard_decoder(lm: torch.nn.Module) -> torch.nn.Module:
 
     layers = getattr(getattr(lm, "model", None), "layers", None)
     if layers is None:
-        raise ValueError(f"distributed.strategy=fsdp: {type(lm).__name__} has no `.model.layers`; "
-                         "use distributed.strategy=ddp")
+        raise ValueError(
+            f"distributed.strategy=fsdp: {type(lm).__name__} has no `.model.layers`; "
+            "use distributed.strategy=ddp"
+        )
     for layer in layers:
         fully_shard(layer)
     lm.sd_hidden_states = types.MethodType(_hidden_forward, lm)
@@ -234,8 +237,9 @@ class Engine:
     inside `inference()`. `train_module`: what gradient forwards go through (DDP wrapper or the model).
     """
 
-    def __init__(self, model: torch.nn.Module, dist: Dist, strategy: str,
-                 find_unused_parameters: bool = False):
+    def __init__(
+        self, model: torch.nn.Module, dist: Dist, strategy: str, find_unused_parameters: bool = False
+    ):
         self.model, self.dist = model, dist
         self.strategy = strategy if dist.world_size > 1 else "none"
         self.train_module = model
@@ -246,7 +250,7 @@ class Engine:
                 HiddenStates(model),
                 device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                 broadcast_buffers=False,  # buffers (rotary tables) are equal; a broadcast per forward would
-                                          # be a collective inside rank-local no-grad passes
+                # be a collective inside rank-local no-grad passes
                 find_unused_parameters=find_unused_parameters,
             )
             self.train_module.register_comm_hook(None, _sum_hook)
@@ -257,8 +261,11 @@ class Engine:
         if dist.main and self.strategy != "none":
             import sys
 
-            print(f"data parallel: {self.strategy} over {dist.world_size} processes "
-                  f"({torch.distributed.get_backend()})", file=sys.stderr)
+            print(
+                f"data parallel: {self.strategy} over {dist.world_size} processes "
+                f"({torch.distributed.get_backend()})",
+                file=sys.stderr,
+            )
 
     def prepare_copy(self, copy: torch.nn.Module) -> torch.nn.Module:
         """A frozen/EMA teacher copy, made before the student was sharded: sharded the same way under FSDP."""

@@ -583,9 +583,9 @@ def marker_token_mask(token_texts: list[str], markers_: tuple[str, ...] | None =
     for marker in markers_:
         at = lowered.find(marker)
         while at >= 0:
-            covered[at:at + len(marker)] = [True] * len(marker)
+            covered[at : at + len(marker)] = [True] * len(marker)
             at = lowered.find(marker, at + len(marker))
-    return [0.0 if any(covered[a:a + len(t)]) else 1.0 for a, t in zip(starts, token_texts)]
+    return [0.0 if any(covered[a : a + len(t)]) else 1.0 for a, t in zip(starts, token_texts)]
 
 
 def marker_token_ids(token_texts: list[str], markers_: tuple[str, ...] | None = None) -> list[int]:
@@ -597,13 +597,21 @@ def marker_token_ids(token_texts: list[str], markers_: tuple[str, ...] | None = 
 
 
 @torch.no_grad()
-def marker_mass_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, marker_ids: torch.Tensor, *,
-                            temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+def marker_mass_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    marker_ids: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
     """[N]: the policy's probability of emitting a marker token at each position,
         m_t = sum_{v in markers} softmax(W h_t / T)_v,
     for the remedy `loss.marker_mass_threshold` (positions where hedging is a live choice)."""
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
-        logp = torch.log_softmax(_fp32_logits(hidden[start:start + chunk_size], weight, temperature), dim=-1)
+        logp = torch.log_softmax(
+            _fp32_logits(hidden[start : start + chunk_size], weight, temperature), dim=-1
+        )
         out.append(logp[:, marker_ids].exp().sum(-1))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)

@@ -70,9 +70,17 @@ def smoke_problems() -> list[Problem]:
     out = []
     for i, (a, b) in enumerate([(1, 2), (2, 5), (3, 4), (1, 7), (4, 4), (2, 3), (5, 1), (3, 6)]):
         q = f"What is {a} + {b}?"
-        out.append(Problem(id=f"smoke-{i}", question=q, prompt=problem_prompt(q), answer=str(a + b),
-                           solution=f"{a} + {b} = {a + b}, so the answer is \\boxed{{{a + b}}}.", kind="math",
-                           source="smoke"))
+        out.append(
+            Problem(
+                id=f"smoke-{i}",
+                question=q,
+                prompt=problem_prompt(q),
+                answer=str(a + b),
+                solution=f"{a} + {b} = {a + b}, so the answer is \\boxed{{{a + b}}}.",
+                kind="math",
+                source="smoke",
+            )
+        )
     return out
 
 
@@ -84,11 +92,21 @@ def problems_from_jsonl(path: Path) -> list[Problem]:
             continue
         rec = json.loads(line)
         if "answer" not in rec or not ("question" in rec or "prompt" in rec):
-            raise ValueError(f"{path}:{n}: a problem needs `answer` and `question` or `prompt`, got {sorted(rec)}")
+            raise ValueError(
+                f"{path}:{n}: a problem needs `answer` and `question` or `prompt`, got {sorted(rec)}"
+            )
         question = rec.get("question") or rec["prompt"]
-        out.append(Problem(id=str(rec.get("id", n)), question=question,
-                           prompt=rec.get("prompt") or problem_prompt(question), answer=str(rec["answer"]),
-                           solution=rec.get("solution"), kind=rec.get("kind", "math"), source=str(path)))
+        out.append(
+            Problem(
+                id=str(rec.get("id", n)),
+                question=question,
+                prompt=rec.get("prompt") or problem_prompt(question),
+                answer=str(rec["answer"]),
+                solution=rec.get("solution"),
+                kind=rec.get("kind", "math"),
+                source=str(path),
+            )
+        )
     return out
 
 
@@ -147,14 +165,16 @@ def response_hidden(model, prompts: list[list[int]], responses: list[list[int]],
         ids[row, : len(s)] = torch.tensor(s, device=device)
         mask[row, : len(s)] = 1
     hidden, head = hidden_states(model, ids, mask)
-    parts = [hidden[row, len(p) - 1: len(p) + len(r) - 1] for row, (p, r) in enumerate(zip(prompts, responses))]
+    parts = [
+        hidden[row, len(p) - 1 : len(p) + len(r) - 1] for row, (p, r) in enumerate(zip(prompts, responses))
+    ]
     targets = torch.tensor([t for r in responses for t in r], dtype=torch.long, device=device)
     return torch.cat(parts), head, targets
 
 
 def chunks(items: list, size: int):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -174,8 +194,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         seed_everything(cfg.run.seed + dist.rank)  # then rank-local randomness
     problems = load_training_problems(cfg.data)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate) if sdpo else None  # copy before sharding
-    engine = Engine(model, dist, resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
-                    cfg.distributed.find_unused_parameters)
+    engine = Engine(
+        model,
+        dist,
+        resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
+        cfg.distributed.find_unused_parameters,
+    )
     if teacher is not None:
         teacher.prepare(engine.prepare_copy)
     params = [p for _, p in trainable_parameters(model)]  # FSDP: this rank's shards
@@ -198,12 +222,20 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
 
     G, n = cfg.rollout.prompts_per_step, cfg.rollout.n
     if G % dist.world_size or cfg.optim.mini_batch_size % dist.world_size:
-        raise ValueError(f"rollout.prompts_per_step={G} and optim.mini_batch_size={cfg.optim.mini_batch_size} "
-                         f"must be divisible by the number of processes ({dist.world_size})")
+        raise ValueError(
+            f"rollout.prompts_per_step={G} and optim.mini_batch_size={cfg.optim.mini_batch_size} "
+            f"must be divisible by the number of processes ({dist.world_size})"
+        )
     local_G, local_mb = G // dist.world_size, cfg.optim.mini_batch_size // dist.world_size
     rollouts = make_rollouts(cfg.rollout.backend, model, tokenizer)
-    log = MetricsLog(run_dir, enabled=dist.main, resume_step=start, wandb=cfg.run.log_wandb,
-                     tensorboard=cfg.run.log_tensorboard, config=None)
+    log = MetricsLog(
+        run_dir,
+        enabled=dist.main,
+        resume_step=start,
+        wandb=cfg.run.log_wandb,
+        tensorboard=cfg.run.log_tensorboard,
+        config=None,
+    )
     tk = cfg.model.template_kwargs
     pad_id = tokenizer.pad_token_id
     temperature = cfg.rollout.temperature
@@ -221,16 +253,22 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         mb = cfg.optim.mini_batch_size
         mine = [m + dist.rank * local_mb + i for m in range(0, G, mb) for i in range(local_mb)]
         batch = [problems[indices[i]] for i in mine]
-        prompt_ids = [tokenizer(render(tokenizer, p.prompt, **tk), add_special_tokens=False)["input_ids"]
-                      for p in batch]
+        prompt_ids = [
+            tokenizer(render(tokenizer, p.prompt, **tk), add_special_tokens=False)["input_ids"] for p in batch
+        ]
 
         # 2-4 are rank-local no-grad work (generate stops at different lengths on each rank): under FSDP the
         #     weights are gathered once for all of it
         with engine.inference():
             # 2. rollouts and rewards
-            samples = rollouts.generate(prompt_ids, n=n, temperature=temperature, top_p=cfg.rollout.top_p,
-                                        max_new_tokens=cfg.rollout.max_new_tokens,
-                                        seeds=[sample_seed(cfg.run.seed, step, i) for i in mine])
+            samples = rollouts.generate(
+                prompt_ids,
+                n=n,
+                temperature=temperature,
+                top_p=cfg.rollout.top_p,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                seeds=[sample_seed(cfg.run.seed, step, i) for i in mine],
+            )
             texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
             rewards = [reward(cfg.data.reward, batch[s.prompt_index], t) for s, t in zip(samples, texts)]
 
@@ -240,24 +278,35 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
                 items = _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, step)
             else:
                 adv = grpo_advantages(torch.tensor(rewards), n).tolist()
-                items = [Item(s.prompt_ids, s.response_ids, s.logprobs, s.prompt_index, advantage=a)
-                         for s, a in zip(samples, adv)]
+                items = [
+                    Item(s.prompt_ids, s.response_ids, s.logprobs, s.prompt_index, advantage=a)
+                    for s, a in zip(samples, adv)
+                ]
 
             # 4. old log-probs by the trainer (no grad): IS ratio / PPO ratio denominator and the log-prob gap
             gap_sum = gap_abs_sum = 0.0
             with torch.no_grad():
                 for micro in chunks(items, cfg.optim.micro_batch_size):
-                    h, w, t = response_hidden(model, [i.prompt_ids for i in micro],
-                                              [i.response_ids for i in micro], pad_id, dist.device)
-                    lp = token_logprobs_from_hidden(h, w, t, temperature=temperature,
-                                                    chunk_size=cfg.loss.chunk_size)
+                    h, w, t = response_hidden(
+                        model,
+                        [i.prompt_ids for i in micro],
+                        [i.response_ids for i in micro],
+                        pad_id,
+                        dist.device,
+                    )
+                    lp = token_logprobs_from_hidden(
+                        h, w, t, temperature=temperature, chunk_size=cfg.loss.chunk_size
+                    )
                     lengths = [len(i.response_ids) for i in micro]
                     if marker_ids is not None and len(marker_ids):  # remedy 2: mask live-hedge positions
-                        mass = marker_mass_from_hidden(h, w, marker_ids, temperature=temperature,
-                                                       chunk_size=cfg.loss.chunk_size)
+                        mass = marker_mass_from_hidden(
+                            h, w, marker_ids, temperature=temperature, chunk_size=cfg.loss.chunk_size
+                        )
                         for item, m in zip(micro, mass.split(lengths)):
                             keep = (m < cfg.loss.marker_mass_threshold).float().tolist()
-                            item.loss_mask = [a * b for a, b in zip(item.loss_mask or [1.0] * len(keep), keep)]
+                            item.loss_mask = [
+                                a * b for a, b in zip(item.loss_mask or [1.0] * len(keep), keep)
+                            ]
                     for item, part in zip(micro, lp.split(lengths)):
                         item.old_logprobs = part
                         diff = part - torch.tensor(item.rollout_logprobs, device=part.device)
@@ -277,12 +326,28 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
             for k in range(count):
                 with engine.accumulate(sync=k == count - 1):
                     if k >= len(micros):  # padding: a zero-weighted pass, so the collectives line up
-                        loss, _ = _micro_loss(cfg, model, teacher, [_dummy_item(pad_id)], tokens_global, pad_id,
-                                              dist.device, engine.train_module)
+                        loss, _ = _micro_loss(
+                            cfg,
+                            model,
+                            teacher,
+                            [_dummy_item(pad_id)],
+                            tokens_global,
+                            pad_id,
+                            dist.device,
+                            engine.train_module,
+                        )
                         (loss * 0.0).backward()
                         continue
-                    loss, stats = _micro_loss(cfg, model, teacher, micros[k], tokens_global, pad_id,
-                                              dist.device, engine.train_module)
+                    loss, stats = _micro_loss(
+                        cfg,
+                        model,
+                        teacher,
+                        micros[k],
+                        tokens_global,
+                        pad_id,
+                        dist.device,
+                        engine.train_module,
+                    )
                     loss.backward()
                 loss_sum += float(loss.detach())
                 micro_tokens = sum(len(i.response_ids) for i in micros[k])
@@ -300,8 +365,22 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         sampler_state = sampler.state_dict()
 
         # 6. metrics (sums over processes, then means)
-        record = _step_metrics(dist, step + 1, samples, texts, rewards, items, loss_sum, grad_norms, stat_sums,
-                               tokens_trained, gap_sum, gap_abs_sum, lr, timer.seconds())
+        record = _step_metrics(
+            dist,
+            step + 1,
+            samples,
+            texts,
+            rewards,
+            items,
+            loss_sum,
+            grad_norms,
+            stat_sums,
+            tokens_trained,
+            gap_sum,
+            gap_abs_sum,
+            lr,
+            timer.seconds(),
+        )
         log.write(record)
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}", score=f"{record['score']:.2f}")
@@ -309,12 +388,23 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         # 7. checkpoint
         done = step + 1
         if done % cfg.run.save_every == 0 or done == cfg.run.max_steps:
-            trainer_state = {"optimizer": optimizer_state_dict(model, optimizer),  # FSDP: gathered on rank 0
-                             "scheduler": scheduler.state_dict(), "sampler": sampler_state,
-                             "teacher": teacher.state_dict() if teacher else {}}  # EMA copy: gathered too
-            checkpoint.save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
-                                       trainer_state=trainer_state, rank=dist.rank, world_size=dist.world_size,
-                                       barrier=dist.barrier, keep=cfg.run.keep_checkpoints)
+            trainer_state = {
+                "optimizer": optimizer_state_dict(model, optimizer),  # FSDP: gathered on rank 0
+                "scheduler": scheduler.state_dict(),
+                "sampler": sampler_state,
+                "teacher": teacher.state_dict() if teacher else {},
+            }  # EMA copy: gathered too
+            checkpoint.save_checkpoint(
+                run_dir,
+                done,
+                model=model,
+                tokenizer=tokenizer,
+                trainer_state=trainer_state,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                barrier=dist.barrier,
+                keep=cfg.run.keep_checkpoints,
+            )
     progress.close()
     log.close()
     return save_final(run_dir, model, tokenizer, dist)
@@ -325,18 +415,40 @@ def _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, 
     n, context = cfg.rollout.n, cfg.teacher.context
     regenerated: dict[tuple[int, int], str] = {}
     if context == "regenerated":  # c = y_r: regenerate once per (prompt, chosen sibling), conditioned on s
-        wanted = sorted({(g, j) for g in range(len(batch)) for i in range(n)
-                         if (j := teacher_context.successful_sibling(rewards[g * n:(g + 1) * n], i,
-                                                                     cfg.teacher.success_threshold)) is not None})
+        wanted = sorted(
+            {
+                (g, j)
+                for g in range(len(batch))
+                for i in range(n)
+                if (
+                    j := teacher_context.successful_sibling(
+                        rewards[g * n : (g + 1) * n], i, cfg.teacher.success_threshold
+                    )
+                )
+                is not None
+            }
+        )
         if wanted:
             tk = cfg.model.template_kwargs
-            prompts = [tokenizer(render(tokenizer, teacher_context.regeneration_prompt(batch[g].prompt,
-                                                                                      texts[g * n + j]), **tk),
-                                 add_special_tokens=False)["input_ids"] for g, j in wanted]
+            prompts = [
+                tokenizer(
+                    render(
+                        tokenizer,
+                        teacher_context.regeneration_prompt(batch[g].prompt, texts[g * n + j]),
+                        **tk,
+                    ),
+                    add_special_tokens=False,
+                )["input_ids"]
+                for g, j in wanted
+            ]
             regen = rollouts.generate(
-                prompts, n=1, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                prompts,
+                n=1,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
                 max_new_tokens=cfg.teacher.regenerate_max_new_tokens or cfg.rollout.max_new_tokens,
-                seeds=[sample_seed(cfg.run.seed + 1, step, mine[g] * n + j) for g, j in wanted])
+                seeds=[sample_seed(cfg.run.seed + 1, step, mine[g] * n + j) for g, j in wanted],
+            )
             regen_texts = tokenizer.batch_decode([s.response_ids for s in regen], skip_special_tokens=True)
             regenerated = dict(zip(wanted, regen_texts))
     items = []
@@ -344,23 +456,42 @@ def _sdpo_items(cfg, tokenizer, rollouts, batch, samples, texts, rewards, mine, 
     for k, (s, text) in enumerate(zip(samples, texts)):
         g, i = divmod(k, n)
         problem = batch[g]
-        j = teacher_context.successful_sibling(rewards[g * n:(g + 1) * n], i, cfg.teacher.success_threshold)
+        j = teacher_context.successful_sibling(rewards[g * n : (g + 1) * n], i, cfg.teacher.success_threshold)
         sibling = texts[g * n + j] if j is not None else None
-        demo = teacher_context.demonstration(context, answer=problem.answer, solution=problem.solution,
-                                             sibling=sibling, regenerated=regenerated.get((g, j)))
+        demo = teacher_context.demonstration(
+            context,
+            answer=problem.answer,
+            solution=problem.solution,
+            sibling=sibling,
+            regenerated=regenerated.get((g, j)),
+        )
         if demo is None:
             continue  # paper: samples with no successful sibling get no loss
         ids, demo_tokens = teacher_context.teacher_prompt_ids(
-            tokenizer, problem.prompt, demo, context=context, max_prompt_tokens=cfg.teacher.max_prompt_tokens,
-            template_kwargs=cfg.model.template_kwargs)
+            tokenizer,
+            problem.prompt,
+            demo,
+            context=context,
+            max_prompt_tokens=cfg.teacher.max_prompt_tokens,
+            template_kwargs=cfg.model.template_kwargs,
+        )
         mask = None
         if cfg.loss.exclude_markers:
             for t in s.response_ids:
                 if t not in token_text:
                     token_text[t] = tokenizer.decode([t], skip_special_tokens=True)
             mask = marker_token_mask([token_text[t] for t in s.response_ids])
-        items.append(Item(s.prompt_ids, s.response_ids, s.logprobs, g, teacher_prompt_ids=ids,
-                          demo_tokens=demo_tokens, loss_mask=mask))
+        items.append(
+            Item(
+                s.prompt_ids,
+                s.response_ids,
+                s.logprobs,
+                g,
+                teacher_prompt_ids=ids,
+                demo_tokens=demo_tokens,
+                loss_mask=mask,
+            )
+        )
     return items
 
 
@@ -369,8 +500,9 @@ def _dummy_item(pad_id: int) -> Item:
     return Item([pad_id], [pad_id], [0.0], -1, teacher_prompt_ids=[pad_id], old_logprobs=torch.zeros(1))
 
 
-def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pad_id: int, device,
-                train_module=None):
+def _micro_loss(
+    cfg, model, teacher, micro: list[Item], tokens_global: float, pad_id: int, device, train_module=None
+):
     """Loss of one micro-batch, already divided by the mini-batch's GLOBAL token count (so sums of
     micro-batch gradients over micro-batches and processes are the token-mean gradient). `model`: the plain
     model (teacher passes, no grad, never through DDP); `train_module`: the engine's, for the student pass
@@ -383,25 +515,63 @@ def _micro_loss(cfg, model, teacher, micro: list[Item], tokens_global: float, pa
         h, w, t = response_hidden(train_module, [i.prompt_ids for i in micro], responses, pad_id, device)
         logp = token_logprobs_from_hidden(h, w, t, temperature=temperature, chunk_size=cfg.loss.chunk_size)
         adv = torch.cat([torch.full((len(i.response_ids),), i.advantage) for i in micro]).to(device)
-        return grpo_loss(logp, old, adv, torch.ones_like(logp), clip_low=cfg.loss.clip_low,
-                         clip_high=cfg.loss.clip_high, num_tokens=tokens_global)
+        return grpo_loss(
+            logp,
+            old,
+            adv,
+            torch.ones_like(logp),
+            clip_low=cfg.loss.clip_low,
+            clip_high=cfg.loss.clip_high,
+            num_tokens=tokens_global,
+        )
     # teacher first: an EMA-LoRA teacher swaps weights in place, which must not touch the student's graph
     with torch.no_grad(), teacher.weights(model) as teacher_model:
-        th, tw, _ = response_hidden(teacher_model, [i.teacher_prompt_ids for i in micro], responses, pad_id, device)
+        th, tw, _ = response_hidden(
+            teacher_model, [i.teacher_prompt_ids for i in micro], responses, pad_id, device
+        )
         tw = tw.detach().clone() if teacher.mode == "ema" and teacher.lora else tw.detach()
     sh, sw, t = response_hidden(train_module, [i.prompt_ids for i in micro], responses, pad_id, device)
     mask = torch.ones_like(t, dtype=torch.float32)
     if any(i.loss_mask is not None for i in micro):  # loss.exclude_markers / loss.marker_mass_threshold
-        mask = torch.tensor([m for i in micro for m in (i.loss_mask or [1.0] * len(i.response_ids))],
-                            dtype=torch.float32, device=device)
-    return sd_loss_from_hidden(sh, sw, th, tw, t, mask, old,
-                               alpha=cfg.loss.alpha, top_k=cfg.loss.top_k, is_clip=cfg.loss.is_clip,
-                               mode=cfg.loss.kind, temperature=temperature, num_tokens=tokens_global,
-                               chunk_size=cfg.loss.chunk_size)
+        mask = torch.tensor(
+            [m for i in micro for m in (i.loss_mask or [1.0] * len(i.response_ids))],
+            dtype=torch.float32,
+            device=device,
+        )
+    return sd_loss_from_hidden(
+        sh,
+        sw,
+        th,
+        tw,
+        t,
+        mask,
+        old,
+        alpha=cfg.loss.alpha,
+        top_k=cfg.loss.top_k,
+        is_clip=cfg.loss.is_clip,
+        mode=cfg.loss.kind,
+        temperature=temperature,
+        num_tokens=tokens_global,
+        chunk_size=cfg.loss.chunk_size,
+    )
 
 
-def _step_metrics(dist, step, samples, texts, rewards, items, loss_sum, grad_norms, stat_sums, tokens_trained,
-                  gap_sum, gap_abs_sum, lr, seconds) -> dict:
+def _step_metrics(
+    dist,
+    step,
+    samples,
+    texts,
+    rewards,
+    items,
+    loss_sum,
+    grad_norms,
+    stat_sums,
+    tokens_trained,
+    gap_sum,
+    gap_abs_sum,
+    lr,
+    seconds,
+) -> dict:
     counts = [markers.marker_counts(t) for t in texts]
     sums = {
         "samples": len(samples),

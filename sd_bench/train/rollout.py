@@ -90,13 +90,21 @@ class HFRollouts:
         from sd_bench.train.model import causal_lm  # a LoRA model: the CausalLM with the adapter in place
 
         try:
-            tokens, logprobs = sample_batched(causal_lm(self.model), [prompts[i] for i, _ in rows], uniforms,
-                                              temperature=temperature, top_p=top_p,
-                                              max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
-                                              pad_id=self._pad_id())
+            tokens, logprobs = sample_batched(
+                causal_lm(self.model),
+                [prompts[i] for i, _ in rows],
+                uniforms,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                stop_ids=self.stop_ids,
+                pad_id=self._pad_id(),
+            )
         finally:
             self.model.train(was_training)
-        return [Sample(list(prompts[i]), tokens[r], logprobs[r], prompt_index=i) for r, (i, _) in enumerate(rows)]
+        return [
+            Sample(list(prompts[i]), tokens[r], logprobs[r], prompt_index=i) for r, (i, _) in enumerate(rows)
+        ]
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -131,8 +139,17 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def sample_batched(model, prompts: list[list[int]], uniforms: torch.Tensor, *, temperature: float, top_p: float,
-                   max_new_tokens: int, stop_ids: list[int], pad_id: int) -> tuple[list[list[int]], list[list[float]]]:
+def sample_batched(
+    model,
+    prompts: list[list[int]],
+    uniforms: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+) -> tuple[list[list[int]], list[list[float]]]:
     """One row per prompt; row r's t-th token = the first token whose cumulative warped probability exceeds
     uniforms[r, t] (inverse CDF). Returns each row's tokens (the stop token kept: the model learns to stop)
     and their warped log-probs."""
@@ -142,8 +159,8 @@ def sample_batched(model, prompts: list[list[int]], uniforms: torch.Tensor, *, t
     ids = torch.full((B, width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((B, width), dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, device=device)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p, device=device)
+        mask[r, width - len(p) :] = 1
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     stops = torch.tensor(stop_ids, device=device)
     out_tokens: list[list[int]] = [[] for _ in range(B)]

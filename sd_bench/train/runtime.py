@@ -33,6 +33,7 @@ def build_optimizer(params, lr: float, weight_decay: float, betas) -> torch.opti
 
 def build_scheduler(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over `warmup_steps` training steps, then constant (paper: warmup 10; verl's default)."""
+
     def factor(step: int) -> float:
         return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
@@ -59,7 +60,7 @@ class Sampler:
                 self.epoch, self.position = self.epoch + 1, 0
             order = self._order()
             need = min(count - len(out), self.size - self.position)
-            out.extend(order[self.position:self.position + need])
+            out.extend(order[self.position : self.position + need])
             self.position += need
         return out
 
@@ -73,16 +74,27 @@ class Sampler:
 class MetricsLog:
     """metrics.jsonl (one object per step), plus wandb / tensorboard when enabled and installed."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int = 0, wandb: bool = False,
-                 tensorboard: bool = False, config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        resume_step: int = 0,
+        wandb: bool = False,
+        tensorboard: bool = False,
+        config: dict | None = None,
+    ):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.wandb = self.tb = None
         if not enabled:
             return
         if self.path.exists():  # resume: drop steps after the checkpoint (they will be redone)
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             tmp = self.path.with_name(self.path.name + ".tmp-resume")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)

@@ -47,19 +47,27 @@ def load_traces(path: Path) -> list[dict]:
     if str(path) == "smoke":  # the smoke scale: the 8 built-in sums with their worked solutions as traces
         from sd_bench.train.onpolicy import smoke_problems
 
-        return [{"prompt": p.prompt, "response": f"<think>{p.solution}</think> {p.solution}"}
-                for p in smoke_problems()]
+        return [
+            {"prompt": p.prompt, "response": f"<think>{p.solution}</think> {p.solution}"}
+            for p in smoke_problems()
+        ]
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.name={str(path)!r}: SFT needs a traces JSONL file of {{prompt, response}}")
+        raise FileNotFoundError(
+            f"data.name={str(path)!r}: SFT needs a traces JSONL file of {{prompt, response}}"
+        )
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         rec = json.loads(line)
         if "response" not in rec or not ("prompt" in rec or "question" in rec):
-            raise ValueError(f"{path}:{n}: a trace needs `response` and `prompt` or `question`, got {sorted(rec)}")
-        out.append({"prompt": rec.get("prompt") or problem_prompt(rec["question"]), "response": rec["response"]})
+            raise ValueError(
+                f"{path}:{n}: a trace needs `response` and `prompt` or `question`, got {sorted(rec)}"
+            )
+        out.append(
+            {"prompt": rec.get("prompt") or problem_prompt(rec["question"]), "response": rec["response"]}
+        )
     if not out:
         raise ValueError(f"{path}: no traces")
     return out
@@ -67,7 +75,9 @@ def load_traces(path: Path) -> list[dict]:
 
 def encode(tokenizer, trace: dict, template_kwargs: dict, max_len: int) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids + EOS), the response truncated on the right to fit max_len."""
-    prompt = tokenizer(render(tokenizer, trace["prompt"], **template_kwargs), add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(render(tokenizer, trace["prompt"], **template_kwargs), add_special_tokens=False)[
+        "input_ids"
+    ]
     response = tokenizer(trace["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt, response[: max(1, max_len - len(prompt))]
 
@@ -82,8 +92,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     model, tokenizer, _ = load_model(cfg.model, run_dir, dist.device)
     if dist.rank:
         seed_everything(cfg.run.seed + dist.rank)  # then rank-local randomness
-    engine = Engine(model, dist, resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
-                    cfg.distributed.find_unused_parameters)
+    engine = Engine(
+        model,
+        dist,
+        resolve_strategy(cfg.distributed.strategy, cfg.model.finetune),
+        cfg.distributed.find_unused_parameters,
+    )
     traces = load_traces(Path(cfg.data.name))
     if cfg.data.max_problems is not None:
         traces = traces[: cfg.data.max_problems]
@@ -93,7 +107,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     sampler = Sampler(len(traces), cfg.run.seed)
     B = cfg.run.batch_size
     if B % dist.world_size:
-        raise ValueError(f"run.batch_size={B} must be divisible by the number of processes ({dist.world_size})")
+        raise ValueError(
+            f"run.batch_size={B} must be divisible by the number of processes ({dist.world_size})"
+        )
     steps_per_epoch = -(-len(traces) // B)
     max_steps = min(cfg.run.max_steps, steps_per_epoch * cfg.run.epochs)
 
@@ -105,16 +121,23 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         start = state["step"]
-    log = MetricsLog(run_dir, enabled=dist.main, resume_step=start, wandb=cfg.run.log_wandb,
-                     tensorboard=cfg.run.log_tensorboard)
+    log = MetricsLog(
+        run_dir,
+        enabled=dist.main,
+        resume_step=start,
+        wandb=cfg.run.log_wandb,
+        tensorboard=cfg.run.log_tensorboard,
+    )
     from tqdm.auto import tqdm
 
     progress = tqdm(total=max_steps, initial=start, desc="sft", unit="step", disable=not dist.main)
     local = B // dist.world_size
     for step in range(start, max_steps):
         timer = Timer()
-        indices = sampler.take(B)[dist.rank * local:(dist.rank + 1) * local]
-        batch = [encode(tokenizer, traces[i], cfg.model.template_kwargs, cfg.run.max_seq_len) for i in indices]
+        indices = sampler.take(B)[dist.rank * local : (dist.rank + 1) * local]
+        batch = [
+            encode(tokenizer, traces[i], cfg.model.template_kwargs, cfg.run.max_seq_len) for i in indices
+        ]
         tokens_global = dist.all_reduce_sum(sum(len(r) for _, r in batch))
         optimizer.zero_grad(set_to_none=False)
         loss_sum = 0.0
@@ -123,8 +146,13 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         for k in range(count):
             micro = micros[k] if k < len(micros) else [([tokenizer.pad_token_id], [tokenizer.pad_token_id])]
             with engine.accumulate(sync=k == count - 1):
-                h, w, t = response_hidden(engine.train_module, [p for p, _ in micro], [r for _, r in micro],
-                                          tokenizer.pad_token_id, dist.device)
+                h, w, t = response_hidden(
+                    engine.train_module,
+                    [p for p, _ in micro],
+                    [r for _, r in micro],
+                    tokenizer.pad_token_id,
+                    dist.device,
+                )
                 logp = token_logprobs_from_hidden(h, w, t, chunk_size=cfg.loss.chunk_size)
                 loss = -logp.sum() / tokens_global  # token-mean NLL over the global batch
                 if k >= len(micros):
@@ -154,11 +182,22 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         progress.set_postfix(loss=f"{record['loss']:.4f}")
         done = step + 1
         if done % cfg.run.save_every == 0 or done == max_steps:
-            state = {"optimizer": optimizer_state_dict(model, optimizer), "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state_dict()}
-            checkpoint.save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, trainer_state=state,
-                                       rank=dist.rank, world_size=dist.world_size, barrier=dist.barrier,
-                                       keep=cfg.run.keep_checkpoints)
+            state = {
+                "optimizer": optimizer_state_dict(model, optimizer),
+                "scheduler": scheduler.state_dict(),
+                "sampler": sampler.state_dict(),
+            }
+            checkpoint.save_checkpoint(
+                run_dir,
+                done,
+                model=model,
+                tokenizer=tokenizer,
+                trainer_state=state,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                barrier=dist.barrier,
+                keep=cfg.run.keep_checkpoints,
+            )
     progress.close()
     log.close()
     return save_final(run_dir, model, tokenizer, dist)

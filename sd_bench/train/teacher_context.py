@@ -38,8 +38,14 @@ def regeneration_prompt(problem_prompt: str, solution: str) -> str:
     return hint_prompt(problem_prompt, solution)
 
 
-def demonstration(context: str, *, answer: str = "", solution: str | None = None, sibling: str | None = None,
-                  regenerated: str | None = None) -> str | None:
+def demonstration(
+    context: str,
+    *,
+    answer: str = "",
+    solution: str | None = None,
+    sibling: str | None = None,
+    regenerated: str | None = None,
+) -> str | None:
     """The demonstration text for one sample, or None when this sample gets no loss."""
     if context == "none":
         return ""
@@ -76,8 +82,9 @@ def teacher_prompt_ids(
     if context == "none":
         ids = tokenizer(render(tokenizer, problem_prompt, **kwargs), add_special_tokens=False)["input_ids"]
         return ids, 0
-    full = tokenizer(render(tokenizer, sdpo_teacher_prompt(problem_prompt, demo), **kwargs),
-                     add_special_tokens=False)["input_ids"]
+    full = tokenizer(
+        render(tokenizer, sdpo_teacher_prompt(problem_prompt, demo), **kwargs), add_special_tokens=False
+    )["input_ids"]
     demo_ids = tokenizer(demo, add_special_tokens=False)["input_ids"]
     if len(full) <= max_prompt_tokens:
         return full, len(demo_ids)
