@@ -1,10 +1,11 @@
-"""Per-response scoring cost of the lm-eval plugin (answer extraction + math-verify + markers + token count).
+"""Per-response scoring cost of the lm-eval plugin (both grading rules + markers + token counts).
 
 Why: scoring must stay far below generation cost (a 10k-token response takes seconds to generate).
 Targets (issue 2): median < 5 ms per response, worst case < 5 s, on one core.
 
 Measured the way lm-eval calls the plugin: `process_results(doc, [[y_1..y_k]])` once per problem with all
-k = 16 responses (one batched token count, one math-verify parse of the gold), reported per response; and,
+k = 16 responses (both rules: math-verify and the paper's; one batched token count of the responses and
+their thinking parts; one parse of the gold per rule), reported per response; and,
 for comparison, each response scored alone (k = 1). math-verify's gold cache is cleared before each pass, as
 in a fresh run. Responses are synthesised: thinking text with the paper's markers, inline LaTeX, a `</think>`
 and a boxed answer (half correct, half wrong), 2k-40k characters, against the real gold answers of MATH500 /
@@ -13,7 +14,9 @@ no closing braces, thousands of boxes, sympy-hard LaTeX). Tokens are counted wit
 here on the MATH500 problems and solutions (vocabulary capped at 16k; ~6.8k entries are learned, ~0.4 tokens
 per character, near a real model's tokenizer; no Hub access needed), or with the tiny 512-entry BPE of
 `sd_bench.tiny_model` when the data is unavailable (~0.6 tokens per character: slower, so conservative).
-CPU time of this process, pinned to one core (the machine is shared: wall time is noisy).
+CPU time of this process, pinned to one core (the machine is shared: wall time is noisy). The token count
+is also timed the old way (`tokenizers` `encode_batch_fast`, before sd_bench.token_count) on the same texts
+in the same run, for the ratio.
 
     python benchmarks/bench_scoring.py [--docs 40] [--k 16] [--seed 0] [--all-cores]
 """
@@ -174,10 +177,26 @@ def main() -> None:
         f"realistic: {args.docs} problems x k={args.k} = {len(chars)} responses, {min(chars)}-{max(chars)} chars "
         f"(median {int(statistics.median(chars))})"
     )
+    from tokenizers import Tokenizer
+
     from sd_bench.answer import _parse_gold
     from sd_bench.lm_eval_tasks import batch_token_counter, process_results
+    from sd_bench.paper_answer import thinking_text
 
-    count = batch_token_counter(tokenizer)
+    fast = batch_token_counter(tokenizer)
+    hf = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
+    hf.no_padding()
+    hf.no_truncation()
+
+    def with_thinking(counter):
+        """The texts process_results counts: the k responses and their thinking parts, in one call."""
+        return lambda texts: counter(list(texts) + [t for t in map(thinking_text, texts) if t])
+
+    count = with_thinking(fast)
+    count_old = with_thinking(
+        lambda ts: [len(e.ids) for e in hf.encode_batch_fast(ts, add_special_tokens=False)]
+    )
+    assert count([t for _, ts in docs[:4] for t in ts]) == count_old([t for _, ts in docs[:4] for t in ts])
     cpu, wall = time.process_time, time.perf_counter
 
     def batched(fn, texts, clock=cpu) -> float:
@@ -197,7 +216,8 @@ def main() -> None:
             out.append((clock() - t0) * 1000)
         return out
 
-    rows = {name: [] for name in ("b_full", "b_tok", "b_notok", "b_wall", "s_full", "s_tok", "s_wall")}
+    names = ("b_full", "b_tok", "b_tok_old", "b_notok", "b_wall", "s_full", "s_tok", "s_tok_old", "s_wall")
+    rows = {name: [] for name in names}
     for i, (doc, texts) in enumerate(docs):
         full = lambda ts, doc=doc: process_results(doc, [ts])
         notok = lambda ts, doc=doc: process_results(doc | {"tokenizer": ""}, [ts])
@@ -207,11 +227,13 @@ def main() -> None:
             if mode == "b":
                 rows["b_full"].append(batched(full, texts))
                 rows["b_tok"].append(batched(count, texts))
+                rows["b_tok_old"].append(batched(count_old, texts))
                 rows["b_notok"].append(batched(notok, texts))
                 rows["b_wall"].append(batched(full, texts, wall))
             else:
                 rows["s_full"] += alone(full, texts)
                 rows["s_tok"] += alone(count, texts)
+                rows["s_tok_old"] += alone(count_old, texts)
                 rows["s_wall"] += alone(full, texts, wall)
     # Batched figures are one number per problem (its total / k): their median is that of per-problem MEAN
     # costs, which exceeds the median response's cost (lengths are log-uniform); compare modes by the mean.
@@ -221,11 +243,15 @@ def main() -> None:
     )
     summary("full scoring, CPU", rows["b_full"])
     summary("  of which token count (one batched call)", rows["b_tok"])
+    summary("  token count the old way (tokenizers)", rows["b_tok_old"])
     summary("scoring without tokens (response_chars)", rows["b_notok"])
     summary("full scoring, wall time", rows["b_wall"])
     print(f"per response, each response in its own call ({len(chars)} responses):")
     summary("full scoring, CPU", rows["s_full"])
     summary("  of which token count", rows["s_tok"])
+    summary("  token count the old way (tokenizers)", rows["s_tok_old"])
+    ratio = statistics.fmean(rows["b_tok_old"]) / statistics.fmean(rows["b_tok"])
+    print(f"token count, old way / new way (batched means): {ratio:.2f}x")
     summary("full scoring, wall time", rows["s_wall"])
     print("pathological (one response each; wall time, with tokens):")
     worst = 0.0

@@ -3,6 +3,16 @@
     python benchmarks/bench_step.py                              # tiny shape, CPU, < 1 minute
     python benchmarks/bench_step.py --shape qwen3-1.7b --batch 4 # GPU: the reference configuration
     python benchmarks/bench_step.py --shape qwen3-1.7b --lora --batch 8
+    python benchmarks/bench_step.py --shape qwen3-1.7b --precision bf16   # the pre-parity pure-bf16 update
+
+Precision (`--precision`, sd_bench.train.lm): `mixed` (GPU default, the paper's and the trainer's: float32
+master weights and AdamW state, bfloat16 compute through the trainer's own cast hooks, frozen teacher held
+in bfloat16; LoRA: float32 adapters over a bfloat16 base), `bf16` (everything bfloat16, no master copy: how
+the H100 reference below was measured), `fp32` (CPU default). The model, teacher and forward are the
+trainer's (`prepare_model`'s precision rules, `Teacher`, `hidden_states`, `build_optimizer`), so the figures are
+what `sd-bench train` pays. `--liger`: liger-kernel's fused RMSNorm / RoPE / SwiGLU (`model.liger=true`).
+`--profile`: seconds per phase (teacher forward, student forward, loss, backward, optimizer), with a device
+synchronisation between phases (the total is then a little slower than the unprofiled update).
 
 The update is the SDPO step of PAPER.md "Training recipes": the teacher (frozen copy for full fine-tuning,
 the same model with its LoRA adapter disabled for LoRA) runs forward under no_grad over prompt +
@@ -25,7 +35,6 @@ measured 798 TFLOP/s bf16 peak); LoRA r=64 batch 8, 9.6k response tok/s.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import resource
@@ -40,7 +49,9 @@ import torch
 from sd_bench.train.losses import sd_loss_from_hidden
 
 SHAPES = {
-    # Qwen3-1.7B (config.json of Qwen/Qwen3-1.7B): tied embeddings, GQA 16/8 heads of 128.
+    # Qwen3-1.7B (config.json of Qwen/Qwen3-1.7B): GQA 16/8 heads of 128. Untied lm_head as issue 11 sets it
+    # (2.03B parameters; the Hub checkpoint ties it, 1.72B): a full fine-tuning then also trains and keeps
+    # AdamW state for a separate 311M-parameter head. Model FLOPs are the same either way.
     "qwen3-1.7b": {
         "hidden_size": 2048,
         "intermediate_size": 6144,
@@ -49,7 +60,7 @@ SHAPES = {
         "num_key_value_heads": 8,
         "head_dim": 128,
         "vocab_size": 151936,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,
     },
     # Qwen3-0.6B: for a smaller GPU check.
     "qwen3-0.6b": {
@@ -75,6 +86,23 @@ SHAPES = {
         "tie_word_embeddings": False,
         "initializer_range": 0.2,
     },
+    # benchmarks/gpu_check.py --cpu: the same code paths in seconds (small vocabulary)
+    "micro": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "vocab_size": 4096,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.2,
+    },
+}
+PRECISIONS = {  # --precision -> (model.dtype, model.master_dtype) of sd_bench.train.config.ModelConfig
+    "mixed": ("bfloat16", "float32"),
+    "bf16": ("bfloat16", "bfloat16"),
+    "fp32": ("float32", "float32"),
 }
 H100_MEASURED_BF16_PEAK = (
     798e12  # issue 3: the measured bf16 dense matmul peak the reference is quoted against
@@ -82,9 +110,28 @@ H100_MEASURED_BF16_PEAK = (
 REFERENCE = {"full": (4, 12.6e3, 1.14), "lora": (8, 9.6e3, None)}  # batch, response tok/s, s/update
 
 
-def build_model(shape: str, dtype: torch.dtype, device: str, lora: bool, checkpointing: bool):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def build_model(
+    shape: str, precision: str, device: str, lora: bool, checkpointing: bool, liger: bool = False
+):
+    """(model, Teacher) as `sd-bench train` builds them: a random model in `load_dtype`, then the trainer's
+    `prepare_model` (precision, LoRA, checkpointing, liger) and `Teacher`."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
 
+    from sd_bench.train.config import ModelConfig
+    from sd_bench.train.model import Teacher, load_dtype, prepare_model
+
+    dtype, master = PRECISIONS[precision]
+    model_cfg = ModelConfig(
+        path="random",
+        dtype=dtype,
+        master_dtype=master,
+        finetune="lora" if lora else "full",
+        lora_rank=64,
+        lora_alpha=128,
+        lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        gradient_checkpointing=checkpointing,
+        liger=liger,
+    )
     cfg = Qwen3Config(
         **SHAPES[shape],
         max_position_embeddings=40960,
@@ -93,21 +140,19 @@ def build_model(shape: str, dtype: torch.dtype, device: str, lora: bool, checkpo
         attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(cfg).to(dtype)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    teacher = None
-    if lora:
-        from peft import LoraConfig, get_peft_model
+    with torch.device(device):  # built in the dtype the trainer loads (buffers stay fp32, as from_pretrained)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=load_dtype(model_cfg))
+    model = prepare_model(model, model_cfg)
+    # the paper's teacher is frozen at the initial weights (EMA rate 0); LoRA: the adapter disabled
+    return model, Teacher(model, "frozen", 0.0)
 
-        model = get_peft_model(
-            model, LoraConfig(r=64, lora_alpha=128, target_modules="all-linear", task_type="CAUSAL_LM")
-        )
-    else:  # full FT: the paper's teacher is frozen at the initial weights (EMA rate 0)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    model.train()
-    return model, teacher
+
+def _tokenizer():
+    """The tiny model's offline BPE (sd_bench.tiny_model), for gpu_check's model folder (`sd-bench train`
+    reads a tokenizer beside the weights): its ids (< 600) are valid in every shape's vocabulary."""
+    from sd_bench.tiny_model import build_tokenizer
+
+    return build_tokenizer()
 
 
 def body_and_head(model):
@@ -123,26 +168,44 @@ def matmul_params(model) -> tuple[int, int]:
     return n, head.weight.numel()
 
 
-def sd_update(model, teacher, opt, batch: dict, lora: bool) -> dict:
+class Phases:
+    """Seconds per phase (`--profile`): a device synchronisation closes each phase; off, it costs nothing."""
+
+    def __init__(self, enabled: bool, device: str):
+        self.enabled, self.cuda = enabled, device.startswith("cuda")
+        self.seconds: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def sd_update(model, teacher, opt, batch: dict, phases: Phases | None = None) -> dict:
     """Teacher forward, student forward + backward, chunked SD loss, clip, AdamW step. Returns loss stats."""
+    from sd_bench.train.model import hidden_states
+
+    phases = phases or Phases(False, "cpu")
+    phases.mark("start")
     p, r = batch["prompt_len"], batch["resp_len"]
     resp = batch["student_ids"][:, p:]
     tp = batch["teacher_ids"].shape[1] - r  # teacher prompt length (prompt + demonstration)
-    body, head = body_and_head(model)
-    with torch.no_grad():
-        if lora:
-            with model.disable_adapter():
-                h_t = body(input_ids=batch["teacher_ids"]).last_hidden_state[:, tp - 1 : -1]
-            w_t = head.weight
-        else:
-            t_body, t_head = body_and_head(teacher)
-            h_t = t_body(input_ids=batch["teacher_ids"]).last_hidden_state[:, tp - 1 : -1]
-            w_t = t_head.weight
-    h_s = body(input_ids=batch["student_ids"]).last_hidden_state[:, p - 1 : -1]
+    with torch.no_grad(), teacher.weights(model) as teacher_model:
+        h_t, w_t = hidden_states(teacher_model, batch["teacher_ids"], torch.ones_like(batch["teacher_ids"]))
+        h_t = h_t[:, tp - 1 : -1]
+    phases.mark("teacher_forward")
+    h_s, w_s = hidden_states(model, batch["student_ids"], torch.ones_like(batch["student_ids"]))
+    h_s = h_s[:, p - 1 : -1]
+    phases.mark("student_forward")
     hdim = h_s.shape[-1]
     loss, stats = sd_loss_from_hidden(
         h_s.reshape(-1, hdim),
-        head.weight,
+        w_s,
         h_t.reshape(-1, hdim),
         w_t,
         resp.reshape(-1),
@@ -153,11 +216,15 @@ def sd_update(model, teacher, opt, batch: dict, lora: bool) -> dict:
         is_clip=2.0,
         chunk_size=batch.get("chunk") or None,
     )
+    phases.mark("loss")  # the fused loss also forms d loss / d logits here (sd_bench.train.losses)
     loss.backward()
+    phases.mark("backward")
     params = [q for q in model.parameters() if q.requires_grad]
     gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    teacher.update(model)  # frozen: a no-op, as in the trainer
+    phases.mark("optimizer")
     return {"loss": loss.item(), "grad_norm": float(gnorm), **stats}
 
 
@@ -167,7 +234,7 @@ def peak_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # whole process, KiB on Linux
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--lora", action="store_true", help="LoRA r=64 all-linear (peft); default full FT")
@@ -186,9 +253,18 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU torch threads (0: torch default)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
+    ap.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default=None,
+        help="mixed: fp32 masters + bf16 compute (GPU default, the paper's); bf16: no masters; fp32 (CPU default)",
+    )
+    ap.add_argument("--liger", action="store_true", help="liger-kernel fused RMSNorm/RoPE/SwiGLU (CUDA)")
+    ap.add_argument("--profile", action="store_true", help="seconds per phase (synchronised)")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="measured bf16 peak: adds pct_of_peak")
     args = ap.parse_args(argv)
 
-    tiny = args.shape == "tiny"
+    tiny = args.shape in ("tiny", "micro")
     cuda = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,10 +273,14 @@ def main(argv=None) -> None:
     r = args.resp_len or (96 if tiny else 3584)
     d = args.demo_len or (64 if tiny else 2048)
     ckpt = (not tiny) if args.checkpointing is None else args.checkpointing
-    dtype = torch.bfloat16 if cuda else torch.float32
+    precision = args.precision or ("mixed" if cuda else "fp32")
+    dtype = getattr(torch, PRECISIONS[precision][0])
 
-    model, teacher = build_model(args.shape, dtype, args.device, args.lora, ckpt)
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5, weight_decay=0.01)
+    from sd_bench.train.runtime import build_optimizer
+
+    model, teacher = build_model(args.shape, precision, args.device, args.lora, ckpt, args.liger)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = build_optimizer(params, 1e-5, 0.01, (0.9, 0.999))  # the trainer's AdamW
     vocab = SHAPES[args.shape]["vocab_size"]
     g = torch.Generator(device="cpu").manual_seed(0)
     prompt = torch.randint(0, vocab, (batch_size, p), generator=g)
@@ -219,18 +299,20 @@ def main(argv=None) -> None:
         ),
     }
 
-    sd_update(model, teacher, opt, batch, args.lora)  # warm-up (allocations, kernels, AdamW state)
+    sd_update(model, teacher, opt, batch)  # warm-up (allocations, kernels, AdamW state)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times, cpu_times, stats = [], [], {}
+    times, cpu_times, stats, profiles = [], [], {}, []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        stats = sd_update(model, teacher, opt, batch, args.lora)
+        phases = Phases(args.profile, args.device)
+        stats = sd_update(model, teacher, opt, batch, phases)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+        profiles.append(phases.seconds)
     sec = min(times)
 
     body_p, head_p = matmul_params(model)
@@ -243,6 +325,11 @@ def main(argv=None) -> None:
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "dtype": str(dtype).replace("torch.", ""),
+        "precision": precision,
+        "master_dtype": PRECISIONS[precision][1],
+        "liger": args.liger,
+        "params": sum(q.numel() for q in model.parameters()),
+        "trainable_params": sum(q.numel() for q in params),
         "batch": batch_size,
         "prompt_len": p,
         "resp_len": r,
@@ -262,8 +349,13 @@ def main(argv=None) -> None:
     }
     if cuda:
         out["pct_of_798_tflops"] = round(100 * flops / sec / H100_MEASURED_BF16_PEAK, 1)
+    if args.peak_tflops:
+        out["pct_of_peak"] = round(100 * flops / sec / (args.peak_tflops * 1e12), 1)
+    if args.profile:
+        best = profiles[times.index(sec)]
+        out["phase_s"] = {k: round(v, 4) for k, v in best.items() if k != "start"}
     print(
-        f"SD update, {args.shape} ({out['finetune']}, {out['dtype']}, checkpointing {ckpt}) on "
+        f"SD update, {args.shape} ({out['finetune']}, {precision}, checkpointing {ckpt}) on "
         f"{out['device']} [{out['device_name']}], batch {batch_size}: prompt {p} + response {r}, demo {d}"
     )
     rows = [
@@ -283,10 +375,13 @@ def main(argv=None) -> None:
                 f"batch {ref[0]}: {ref[1]:.0f} resp tok/s" + (f", {ref[2]} s/update" if ref[2] else ""),
             ]
         )
+    if args.profile:
+        rows.append(["phases (s, synchronised)", out["phase_s"]])
     for k, v in rows:
         print(f"  {k:45s} {v}")
     if args.json:
         print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
-"""The answer checker: is a model response correct against a gold answer?
+"""sd-bench's math answer checker (rule "math_verify", metric `acc`): is a model response correct?
 
-The paper's rule (PAPER.md, "Evaluation protocol"): the answer region is the text after the LAST `</think>`
+The rule (PAPER.md, "Evaluation protocol"): the answer region is the text after the LAST `</think>`
 when one is present, else the whole response; the final answer is the last `\\boxed{...}` (balanced braces)
-in that region; it is correct when math-verify finds it equivalent to the gold answer.
+in that region; it is correct when math-verify finds it equivalent to the gold answer. The paper's own
+evaluation code grades differently (first think block, its own normalisation and sympy comparison): that is
+rule "paper", `sd_bench.paper_answer`. `grade(kind, response, gold, rule=...)` below dispatches through the
+one registry of checkers, `sd_bench.grading`, and is kept here for existing callers.
 
 Any model output must be scored without raising and in bounded time (100k characters, unbalanced braces,
 LaTeX that makes sympy slow), because one bad sample must not stall an evaluation of 16 x 600 responses:
 - extraction is one linear pass over the braces of the answer region;
 - an extracted answer longer than MAX_ANSWER_CHARS is treated as wrong without parsing (no gold answer in
   the paper's sets is longer than ~100 characters);
-- math-verify's own timeouts use `signal.alarm`, which only works in the main thread; there we use them
-  (PARSE_TIMEOUT_S + VERIFY_TIMEOUT_S bound the worst case). In any other thread the check runs in a helper
-  process that is killed after THREAD_TIMEOUT_S.
+- math-verify runs with its own signal timeouts off, inside one budget of TIMEOUT_S for parse and verify
+  together (`sd_bench.bounded`: a timer in the main thread, a helper process in any other thread), so that
+  this rule (2.0 s) and the paper's (2.4 s) stay under 5 s per response together.
 
 Light on purpose: no torch import (lm-eval scoring imports this module).
 """
@@ -19,29 +22,29 @@ Light on purpose: no torch import (lm-eval scoring imports this module).
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import re
-import threading
-from dataclasses import dataclass
+
+from sd_bench import grading
+from sd_bench.bounded import call_bounded
+from sd_bench.grading import Grade
+
+__all__ = [
+    "Grade",
+    "answer_region",
+    "extract_answer",
+    "grade",
+    "grade_math_verify",
+    "is_equivalent",
+    "last_boxed",
+]
 
 THINK_CLOSE = "</think>"
 MAX_ANSWER_CHARS = 1000
-PARSE_TIMEOUT_S = 2  # signal.alarm takes whole seconds
-VERIFY_TIMEOUT_S = 2
-THREAD_TIMEOUT_S = 5.0
-STARTUP_TIMEOUT_S = 120.0
+TIMEOUT_S = 2.0  # parse + verify of one response (math-verify's own defaults: 5 s each)
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
 _BRACE = re.compile(r"(?<!\\)[{}]")  # `\{` and `\}` are literal braces, not grouping
 _SPACE_ARG = re.compile(r"\s+([^\s$]+)")  # `\boxed 5`
-
-
-@dataclass(frozen=True)
-class Grade:
-    """One graded response: `extracted` is the final answer found (None when there is none)."""
-
-    correct: bool
-    extracted: str | None
 
 
 def answer_region(response: str) -> str:
@@ -92,18 +95,17 @@ def _normalize(s: str) -> str:
     return _NORMALIZE.sub("", s).replace("dfrac", "frac").replace("tfrac", "frac")
 
 
-def _math_verify_equal(pred: str, gold: str, timeouts: bool) -> bool:
-    """math-verify equivalence of two LaTeX answers (both wrapped as inline math)."""
+def _math_verify_equal(pred: str, gold: str) -> bool:
+    """math-verify equivalence of two LaTeX answers (both wrapped as inline math); unbounded: see callers."""
     from math_verify import parse, verify
 
-    parse_t = PARSE_TIMEOUT_S if timeouts else None
-    gold_parsed = _parse_gold(gold, parse_t)
+    gold_parsed = _parse_gold(gold)
     if not gold_parsed:
         return False
-    pred_parsed = parse(f"${pred}$", extraction_config=_config(), parsing_timeout=parse_t)
+    pred_parsed = parse(f"${pred}$", extraction_config=_config(), parsing_timeout=None)
     if not pred_parsed:
         return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=VERIFY_TIMEOUT_S if timeouts else None))
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,87 +116,37 @@ def _config():
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str, parse_t):
+def _parse_gold(gold: str):
     from math_verify import parse
 
-    return parse(f"${gold}$", extraction_config=_config(), parsing_timeout=parse_t)
+    return parse(f"${gold}$", extraction_config=_config(), parsing_timeout=None)
+
+
+@functools.cache
+def warm_up() -> None:
+    """Import math-verify (and sympy, its LaTeX parser) once per process before the first time budget."""
+    try:
+        _math_verify_equal("1/2", "\\frac{1}{2}")
+    except Exception:  # noqa: BLE001, S110  a broken install shows up as "not equivalent", never a crash
+        pass
 
 
 def is_equivalent(pred: str, gold: str) -> bool:
-    """Is `pred` (an extracted answer) equivalent to `gold`? Never raises; bounded time."""
+    """Is `pred` (an extracted answer) equivalent to `gold`? Never raises; bounded time in any thread."""
     if len(pred) > MAX_ANSWER_CHARS:
         return False
     if _normalize(pred) == _normalize(gold):
         return True
-    try:
-        if threading.current_thread() is threading.main_thread():
-            return _math_verify_equal(pred, gold, timeouts=True)
-        return _WORKER.equal(pred, gold)
-    except Exception:  # noqa: BLE001  math-verify/sympy failures on malformed LaTeX mean "not shown equivalent"
-        return False
+    warm_up()
+    return bool(call_bounded("sd_bench.answer:_math_verify_equal", (pred, gold), TIMEOUT_S, False))
 
 
-def grade(kind: str, response: str, gold: str) -> Grade:
-    """Grade one response. kind "math": the paper's rule; kind "toy": the miniature world's checker."""
-    if kind == "math":
-        extracted = extract_answer(response)
-        return Grade(extracted is not None and is_equivalent(extracted, str(gold)), extracted)
-    if kind == "toy":
-        from sd_bench.toy.world import grade_toy  # imported lazily: the toy world is optional here
-
-        return grade_toy(response, gold)
-    raise ValueError(f"grade(): unknown problem kind {kind!r}; expected 'math' or 'toy'")
+def grade_math_verify(response: str, gold: str) -> Grade:
+    """Rule "math_verify" on one math response (the registered checker of kind "math")."""
+    extracted = extract_answer(response)
+    return Grade(extracted is not None and is_equivalent(extracted, str(gold)), extracted)
 
 
-class _Worker:
-    """A helper process for math-verify outside the main thread, killed and restarted on timeout."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc = None
-        self._conn = None
-
-    def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded process
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
-        self._proc.start()
-        self._conn = parent
-        if not (parent.poll(STARTUP_TIMEOUT_S) and parent.recv() == "ready"):
-            self._stop()
-            raise RuntimeError("the math-verify helper process did not start")
-
-    def _stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.join()
-        self._proc = self._conn = None
-
-    def equal(self, pred: str, gold: str) -> bool:
-        with self._lock:
-            if self._proc is None or not self._proc.is_alive():
-                self._start()
-            self._conn.send((pred, gold))
-            if self._conn.poll(THREAD_TIMEOUT_S):
-                return bool(self._conn.recv())
-            self._stop()
-            return False
-
-
-def _worker_loop(conn) -> None:
-    import math_verify  # noqa: F401  (imported before "ready" so the first check is not charged for it)
-
-    conn.send("ready")
-    while True:
-        try:
-            pred, gold = conn.recv()
-        except EOFError:
-            return
-        try:
-            result = _math_verify_equal(pred, gold, timeouts=True)  # the worker's main thread
-        except Exception:  # noqa: BLE001  any failure on malformed LaTeX means "not shown equivalent"
-            result = False
-        conn.send(result)
-
-
-_WORKER = _Worker()
+def grade(kind: str, response: str, gold: str, rule: str = grading.DEFAULT_RULE) -> Grade:
+    """Grade one response: `sd_bench.grading.grade` (kind "math" or "toy"; rule "math_verify" or "paper")."""
+    return grading.grade(kind, response, gold, rule)

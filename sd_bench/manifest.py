@@ -63,8 +63,9 @@ KNOWN_RECIPES: frozenset[str] = frozenset(
 KINDS = ("probe", "eval", "sft", "onpolicy")
 # Kinds that are produced by training (and therefore need a recipe).
 TRAINED_KINDS = ("sft", "onpolicy")
-# Table 1 teacher/hint contexts (PAPER.md "Teacher contexts").
-PROBE_CONTEXTS = ("none", "s", "s_nothink", "y_r")
+# Table 1 teacher/hint contexts (PAPER.md "Teacher contexts"; `answer`: the gold answer as the hint, the
+# miniature world's lowest rung, toy_manifest.yaml).
+PROBE_CONTEXTS = ("none", "answer", "s", "s_nothink", "y_r")
 
 # Tasks an expected number may refer to: the lm-eval tasks of issue 2 (and the toy world's), plus two
 # pseudo-tasks that `reproduce` measures itself: `dapo_probe` (Table 1's generation probe on DAPO problems)
@@ -126,6 +127,17 @@ class Model:
 
 
 @dataclass(frozen=True)
+class World:
+    """Where a manifest's conditions live: the tasks every evaluate stage runs, the problem set Tables 1-2
+    select from, and the name of Table 1's probe task (its result files). Defaults: the paper's."""
+
+    eval_tasks: tuple[str, ...] = ("sd_aime24", "sd_aime25", "sd_amc23", "sd_math500")
+    eval_group: str | None = "sd_ood_math"  # lm-eval group of eval_tasks (one more result file), or null
+    select_data: str = "dapo_math_17k"  # sd_bench.data set, visited in file order
+    probe_task: str = "dapo_probe"
+
+
+@dataclass(frozen=True)
 class Decoding:
     name: str
     temperature: float
@@ -176,6 +188,13 @@ class Manifest:
     models: dict[str, Model]
     decoding: dict[str, Decoding]
     entries: tuple[Entry, ...]
+    world: World = World()
+
+    def model_ref(self, model: Model) -> str:
+        """What to load: an absolute folder for an id that is a path in this repository (the toy base),
+        else `hub-id@revision`."""
+        local = REPO_ROOT / model.id
+        return str(local) if local.is_dir() else f"{model.id}@{model.revision}"
 
     def entry(self, entry_id: str) -> Entry:
         for e in self.entries:
@@ -295,7 +314,9 @@ _ENTRY_FIELDS = {
 }
 
 
-def _parse_entry(raw, i: int, models, decodings, recipes: set[str], problems: list[str]) -> Entry | None:
+def _parse_entry(
+    raw, i: int, models, decodings, recipes: set[str], problems: list[str], invalid_decodings=frozenset()
+) -> Entry | None:
     if not isinstance(raw, dict):
         problems.append(f"entry #{i}: must be a mapping")
         return None
@@ -318,10 +339,10 @@ def _parse_entry(raw, i: int, models, decodings, recipes: set[str], problems: li
         groups = []
     else:
         for g in groups:
-            if not re.match(r"^(table[1-3]|figure[3-8]|ablation_ema|coverage_sweep)$", g):
+            if not re.match(r"^(table[1-3]|figure[3-8]|ablation_ema|ablations|coverage_sweep)$", g):
                 problems.append(
                     f"{where}: field 'groups': unknown group '{g}' "
-                    "(tableN, figureN, ablation_ema, coverage_sweep)"
+                    "(tableN, figureN, ablation_ema, ablations, coverage_sweep)"
                 )
     base = raw.get("base_model")
     model = models.get(base) if isinstance(base, str) else None
@@ -353,7 +374,8 @@ def _parse_entry(raw, i: int, models, decodings, recipes: set[str], problems: li
         problems.append(f"{where}: field 'thinking': must be true or false")
     dec_name = raw.get("decoding")
     decoding = decodings.get(dec_name) if isinstance(dec_name, str) else None
-    if decoding is None:
+    if decoding is None and not (isinstance(dec_name, str) and dec_name in invalid_decodings):
+        # (a profile that exists but is invalid was reported once, under its own name)
         problems.append(
             f"{where}: field 'decoding': unknown profile {dec_name!r}{_suggest(dec_name, decodings)}"
         )
@@ -452,6 +474,7 @@ def parse(data: Any, path: Path | str = "<manifest>", recipes_dir: Path | None =
         )
     if data.get("version") != 1:
         problems.append(f"top level: field 'version': {data.get('version')!r} is not 1")
+    world = _parse_world(data.get("world"), problems)
     models = _parse_models(data.get("models"), problems)
     decodings = _parse_decoding(data.get("decoding"), problems)
     recipes = _known_recipes(recipes_dir if recipes_dir is not None else REPO_ROOT / "recipes")
@@ -467,7 +490,10 @@ def parse(data: Any, path: Path | str = "<manifest>", recipes_dir: Path | None =
             if eid in seen:
                 problems.append(f"entry '{eid}': field 'id': duplicate id (also entry #{seen[eid]})")
             seen.setdefault(eid, i)
-        entry = _parse_entry(raw, i, models, decodings, recipes, problems)
+        invalid = (
+            set(data.get("decoding") or {}) - set(decodings) if isinstance(data.get("decoding"), dict) else ()
+        )
+        entry = _parse_entry(raw, i, models, decodings, recipes, problems, invalid)
         if entry is not None:
             entries.append(entry)
             if (
@@ -478,18 +504,44 @@ def parse(data: Any, path: Path | str = "<manifest>", recipes_dir: Path | None =
                 _check_overrides(entry, problems)
     if problems:
         raise ManifestError(path, problems)
-    return Manifest(path=str(path), models=models, decoding=decodings, entries=tuple(entries))
+    return Manifest(path=str(path), models=models, decoding=decodings, entries=tuple(entries), world=world)
+
+
+def _parse_world(raw, problems: list[str]) -> World:
+    if raw is None:
+        return World()
+    fields = {f.name for f in World.__dataclass_fields__.values()}
+    if not isinstance(raw, dict):
+        problems.append(f"top level: field 'world': must be a mapping with {', '.join(sorted(fields))}")
+        return World()
+    for u in sorted(set(raw) - fields):
+        problems.append(f"world: unknown field '{u}'{_suggest(u, fields)}")
+    tasks = raw.get("eval_tasks", list(World.eval_tasks))
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        problems.append("world: field 'eval_tasks': must list lm-eval task names, e.g. [sd_toy_id]")
+        tasks = list(World.eval_tasks)
+    for t in tasks:
+        if t not in KNOWN_TASKS | _task_files():
+            problems.append(f"world: field 'eval_tasks': unknown task '{t}'{_suggest(t, KNOWN_TASKS)}")
+    kw = {k: raw[k] for k in ("eval_group", "select_data", "probe_task") if k in raw}
+    return World(eval_tasks=tuple(tasks), **kw)
 
 
 def load(path: Path | str | None = None) -> Manifest:
     """Load and validate `path` (default: checkpoints_manifest.yaml at the repository root)."""
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
-        raise ManifestError(path, ["file not found (pass the manifest path, e.g. checkpoints_manifest.yaml)"])
+        what = "a folder, not a file" if path.is_dir() else "file not found"
+        raise ManifestError(path, [f"{what} (pass the manifest path, e.g. checkpoints_manifest.yaml)"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, [f"not UTF-8 text (byte offset {exc.start}); save it as UTF-8"]) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(path, [f"not valid YAML: {exc}"]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ManifestError(path, [f"not valid YAML{where}: {what}"]) from None
     return parse(data, path)
 
 

@@ -17,6 +17,11 @@ from pathlib import Path
 
 from sd_bench.markers import MARKERS, marker_counts
 
+
+class MarkersError(ValueError):
+    """A samples file that cannot be read as lm-eval sample logs; the message names the file and line."""
+
+
 _SAMPLES_FILE = re.compile(r"^samples_(?P<task>.+)_(?P<stamp>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 
 
@@ -28,7 +33,7 @@ def _sample_files(paths: list[str]) -> dict[str, Path]:
             raise FileNotFoundError(
                 f"{p}: no such file or folder (expected an lm-eval --output_path or samples_*.jsonl)"
             )
-        files = sorted(p.rglob("samples_*.jsonl")) if p.is_dir() else [p]
+        files = sorted(f for f in p.rglob("samples_*.jsonl") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             m = _SAMPLES_FILE.match(f.name)
             task, stamp = (m["task"], m["stamp"]) if m else (f.stem.removeprefix("samples_"), "")
@@ -59,19 +64,37 @@ def marker_means(path: Path) -> dict:
     """{"responses": n, "markers": {marker: mean count per response}, "epistemic_count": mean E(y)}."""
     totals = dict.fromkeys(MARKERS, 0)
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not a JSON line ({exc})") from exc
-            for text in _responses(record):
-                n += 1
-                for m, c in marker_counts(text).items():
-                    totals[m] += c
-    means = {m: (c / n if n else 0.0) for m, c in totals.items()}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise MarkersError(
+                        f"{path}:{line_no}: not a JSON line ({exc.msg}); pass lm-eval's samples_*.jsonl"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise MarkersError(
+                        f"{path}:{line_no}: a {type(record).__name__}, not a sample record "
+                        "(a JSON object with 'filtered_resps' or 'resps')"
+                    )
+                for text in _responses(record):
+                    n += 1
+                    for m, c in marker_counts(text).items():
+                        totals[m] += c
+    except UnicodeDecodeError as exc:
+        raise MarkersError(
+            f"{path}: not UTF-8 text (byte offset {exc.start}); pass lm-eval's samples_*.jsonl"
+        ) from None
+    except IsADirectoryError:
+        raise MarkersError(f"{path}: a folder, not a samples_*.jsonl file") from None
+    if n == 0:
+        raise MarkersError(
+            f"{path}: no responses (no 'filtered_resps' / 'resps' strings); was lm-eval run with --log_samples?"
+        )
+    means = {m: c / n for m, c in totals.items()}
     return {"responses": n, "markers": means, "epistemic_count": sum(means.values())}
 
 
@@ -79,6 +102,11 @@ def report(run: list[str], baseline: list[str] | None = None) -> dict:
     """{task: {"run": marker_means, "baseline": marker_means, "delta": {marker: run - baseline}}}."""
     run_files = _sample_files(run)
     base_files = _sample_files(baseline) if baseline else {}
+    if base_files and not set(base_files) & set(run_files):
+        raise MarkersError(
+            f"no task in common: the run has {', '.join(run_files)}, the baseline {', '.join(base_files)}; "
+            "pass a baseline run of the same tasks"
+        )
     out = {}
     for task, f in run_files.items():
         entry = {"run": marker_means(f), "file": str(f)}

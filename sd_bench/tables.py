@@ -208,6 +208,7 @@ class Column:
     metric: str
     scale: float = 1.0  # display multiplier (100 for percentages)
     digits: int = 2
+    vs_paper: bool = True  # False: shown beside, never compared with the paper (math-verify's acc)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,21 @@ class TableSpec:
     columns: tuple[Column, ...]
     rows: tuple[tuple[str, str], ...]  # (condition id, label) in paper order
     derive_metrics: tuple[str, ...] = ("acc",)  # metrics per task when columns are derived from results
+
+
+def _graded_columns(sets, digits: int) -> tuple[Column, ...]:
+    """Per math set: `acc_paper` (the paper's own evaluation rule, sd_bench.paper_answer) under the set's
+    key, compared with the paper's number; then math-verify's `acc` (sd-bench's rule) beside it, as
+    `<key>_mv`, never compared (issue 12, rule 4). Toy tables derive their columns from `acc` instead
+    (`derive_columns`): toy problems have one grader, so their acc_paper equals acc."""
+    return tuple(
+        col
+        for key, label, task in sets
+        for col in (
+            Column(key, label, task, "acc_paper", 100.0, digits),
+            Column(f"{key}_mv", f"{label} math-verify", task, "acc", 100.0, digits, vs_paper=False),
+        )
+    )
 
 
 _OOD = (
@@ -248,7 +264,7 @@ SPECS: dict[str, TableSpec] = {
         "2",
         "SFT on correct traces (DeepSeek-R1-Distill-Qwen-7B, 800 traces per set; avg@16, %)",
         "model",
-        tuple(Column(key, label, task, "acc", 100.0, 2) for key, label, task in _OOD),
+        _graded_columns(_OOD, 2),
         (
             ("t2_base", "base"),
             ("t2_sft_unguided", "SFT on unguided traces"),
@@ -261,7 +277,7 @@ SPECS: dict[str, TableSpec] = {
         "condition",
         (
             Column("train_score", "train score", "train", "score", 1.0, 2),
-            Column("ood_acc", "OOD avg@16 (%)", "sd_ood_math", "acc", 100.0, 1),
+            *_graded_columns((("ood_acc", "OOD avg@16 (%)", "sd_ood_math"),), 1),
             Column("ood_length", "OOD length", "sd_ood_math", "response_tokens", 1.0, 0),
             Column("ood_epistemic", "OOD E(y)", "sd_ood_math", "epistemic_count", 1.0, 1),
         ),
@@ -305,7 +321,9 @@ def derive_columns(results: Iterable[dict], metrics: Iterable[str]) -> list[Colu
     for t in tasks:
         for m in metrics:
             key = _short(t) if len(metrics) == 1 else f"{_short(t)}_{m}"
-            scale, digits = (100.0, 1) if m in ("acc", "pass_at_k") else (1.0, 1)
+            scale, digits = (
+                (100.0, 1) if m in ("acc", "pass_at_k", "acc_paper", "pass_at_k_paper") else (1.0, 1)
+            )
             label = f"{_short(t)} {m}" if len(metrics) > 1 else _short(t)
             cols.append(Column(key, label, t, m, scale, digits))
     return cols
@@ -377,7 +395,7 @@ def build_table(
         for c in columns:
             r = latest.get((cid, c.task))
             v = r["metrics"].get(c.metric) if r else None
-            p = pvals.get(c.key)
+            p = pvals.get(c.key) if c.vs_paper else None
             ours[c.key], ref[c.key] = v, p
             diff[c.key] = None if v is None or p is None else v - p
             if r is not None and v is not None:
@@ -405,6 +423,11 @@ def build_table(
                 "diff": diff,
                 "stats": stats,
             }
+            # the condition's kind (eval|probe|sft|onpolicy) when its result files say it: `sd-bench check`
+            # picks its statistical bound by it
+            kinds = {r.get("kind") for (c, _), r in latest.items() if c == cid and r.get("kind")}
+            if len(kinds) == 1:
+                conditions[cid]["kind"] = kinds.pop()
     table = {
         "schema": TABLE_SCHEMA,
         "table": number,
@@ -442,14 +465,15 @@ def _grid(table: dict) -> tuple[list[str], list[list[str]]]:
     has_paper = any(v is not None for cond in table["conditions"].values() for v in cond["paper"].values())
     headers = [table.get("row_header", "condition")]
     for c in table["columns"]:
-        headers += [f"{c['label']} ours", "paper", "diff"] if has_paper else [c["label"]]
+        compared = has_paper and c.get("vs_paper", True)
+        headers += [f"{c['label']} ours", "paper", "diff"] if compared else [c["label"]]
     rows = []
     for cond in table["conditions"].values():
         row = [cond["label"]]
         for c in table["columns"]:
             k = c["key"]
             row.append(_fmt(cond["metrics"].get(k), c))
-            if has_paper:
+            if has_paper and c.get("vs_paper", True):
                 row += [_fmt(cond["paper"].get(k), c), _fmt(cond["diff"].get(k), c, signed=True)]
         rows.append(row)
     return headers, rows

@@ -99,3 +99,41 @@ def test_grade_outside_main_thread_is_bounded():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown problem kind 'chess'"):
         grade("chess", "\\boxed{1}", "1")
+
+
+def test_registry_dispatches_by_kind_and_rule():
+    """One registry (sd_bench.grading): kinds and rules map to checkers named "module:function"."""
+    from sd_bench import grading
+
+    grading.register("upper", "tests.test_answer:_upper_checker")
+    try:
+        assert grading.grade("upper", "ABC", "abc").correct is True
+        assert grading.grade("upper", "ABC", "abc", rule="paper").extracted == "abc"
+        assert "upper" in grading.kinds()
+    finally:
+        grading._GRADERS.pop(("upper", "math_verify"))
+        grading._GRADERS.pop(("upper", "paper"))
+        grading._resolved.clear()
+    # toy problems: one checker under both rules, so acc_paper equals acc there
+    toy = [grade("toy", "A:102", "102", rule=r) for r in grading.RULES]
+    assert toy[0] == toy[1]
+
+
+def _upper_checker(response: str, gold: str):
+    from sd_bench.grading import Grade
+
+    return Grade(response.lower() == gold, response.lower())
+
+
+def test_light_core_imports_no_toy_world_and_no_sympy():
+    """answer <-> toy.world no longer import each other; the graders load math libraries on first use."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, sd_bench.answer, sd_bench.grading, sd_bench.reward, sd_bench.lm_eval_tasks\n"
+        "bad = [m for m in sys.modules if m.startswith('sd_bench.toy') or m in ('torch', 'sympy', 'math_verify')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -83,7 +83,7 @@ def test_reseeded_reruns_pass_and_planted_drop_fails(tmp_path, capsys):
         "conditions.t2_sft_unguided.metrics.toy_id",
         "conditions.t2_sft_unguided.metrics.toy_ood",
     }
-    assert "3se n=256" in out and "FAILED" in out
+    assert "3se problems n=256, sft" in out and "3se sampling n=256 k=4, eval" in out and "FAILED" in out
 
 
 def test_allowed_difference_formula():
@@ -93,7 +93,7 @@ def test_allowed_difference_formula():
     x = 0.9219 * 500 + 0.6552 * 500
     p = (x + 2) / 1004
     assert allowed == pytest.approx(3 * (p * (1 - p) * (2 / 500)) ** 0.5)
-    assert allowed < 0.9219 - 0.6552 and how == "3se n=500"
+    assert allowed < 0.9219 - 0.6552 and how == "3se problems n=500"
     tight, how = check.allowed_difference(o, b, check.Tolerance("se", 3.0), bound="samples")
     ps = (x * 16 + 2) / (2 * 8000 + 4)
     assert tight == pytest.approx(3 * (ps * (1 - ps) * (2 / 8000)) ** 0.5) and "k=16" in how
@@ -249,3 +249,186 @@ def test_check_command_does_not_import_torch(tmp_path):
         "assert rc == 0; assert 'torch' not in sys.modules and 'vllm' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code, base], cwd=REPO, check=True, capture_output=True)
+
+
+# --- bound per condition kind (issue 8, item 6) --------------------------------------------------------
+
+# Five reseeded reruns of the smoke Table 2 base row (the committed toy base, no training), measured on
+# 2026-12-01 with the real lm-eval toy tasks exactly as the smoke evaluate stage ran them (HF backend, k=4,
+# first 128 problems, T=1.0, lm-eval seeds 1-5; seed 0 reproduced the committed baseline to the last
+# digit). avg@4 per task, seeds 1-5:
+SMOKE_BASE_SEED0 = {"sd_toy_id": 0.462890625, "sd_toy_ood": 0.380859375}
+SMOKE_BASE_RERUNS = {
+    "sd_toy_id": [0.447265625, 0.421875, 0.4375, 0.478515625, 0.447265625],
+    "sd_toy_ood": [0.34375, 0.361328125, 0.35546875, 0.423828125, 0.400390625],
+}
+
+
+def _base_table(values: dict[str, float], n: int = 128, k: int = 4, kind: str | None = "eval") -> dict:
+    results = [tables.make_result("t2_base", t, {"acc": v}, n_problems=n, k=k) for t, v in values.items()]
+    table = tables.build_table(2, results, scale="smoke")
+    if kind is not None:
+        table["conditions"]["t2_base"]["kind"] = kind
+    return table
+
+
+def test_sampling_bound_is_the_standard_error_given_the_problems():
+    """Reference from the definition: avg@k = mean_i of k Bernoulli(p_i) draws, so given the problems
+    Var = sum_i p_i (1 - p_i) / (k n^2); the check's sampling SE bounds it and is not loose by much."""
+    rng = random.Random(5)
+    p_i = [rng.random() * 0.9 for _ in range(N)]
+    p = sum(p_i) / N
+    exact_var = sum(q * (1 - q) for q in p_i) / (K * N * N)
+    m = check.Measurement("x", p, "acc", N, K)
+    allowed, how = check.allowed_difference(m, m, check.Tolerance("se", 1.0), bound="samples")
+    se_one = allowed / 2**0.5  # the bound is on the difference of two independent runs
+    assert exact_var**0.5 <= se_one * 1.01 and se_one < 1.25 * exact_var**0.5, (exact_var**0.5, se_one)
+    assert how == f"1se sampling n={N} k={K}"
+    # empirical check: the spread of 400 simulated reruns matches the exact variance
+    sims = [_simulate(s, p_i) for s in range(400)]
+    mean = sum(sims) / len(sims)
+    sd = (sum((x - mean) ** 2 for x in sims) / (len(sims) - 1)) ** 0.5
+    assert abs(sd - exact_var**0.5) < 0.15 * exact_var**0.5
+
+
+def test_bound_follows_the_condition_kind():
+    base = _base_table({"sd_toy_id": 0.46}, kind=None)
+    m = check.measurements(base, "b")["conditions.t2_base.metrics.toy_id"]
+    assert check.choose_bound(m, "auto", {"t2_base": "eval"}) == ("samples", "eval")
+    assert check.choose_bound(m, "auto", {"t2_base": "sft"}) == ("problems", "sft")
+    assert check.choose_bound(m, "auto", {}) == ("problems", "kind unknown")
+    assert check.choose_bound(m, "problems", {"t2_base": "eval"}) == ("problems", "eval")
+    kinds = check.condition_kinds("smoke")  # toy_manifest.yaml's ids, then the paper manifest's
+    assert kinds["t2_base"] == "eval" and kinds["t2_sft_guided"] == "sft" and kinds["t1_none"] == "probe"
+    assert kinds["cov_d1_grpo"] == "onpolicy" and kinds["r1_7b_grpo"] == "onpolicy"
+    # the table's own field wins over the manifest; without it the manifest's t2_base (kind eval) is used
+    rows = check.compare(
+        _base_table({"sd_toy_id": 0.46}, kind="sft"), _base_table({"sd_toy_id": 0.46}, kind="sft")
+    )
+    assert "problems n=128, sft" in rows[0].how
+    rows = check.compare(base, base)
+    assert "sampling n=128 k=4, eval" in rows[0].how
+    # result files: their own `kind`, else the manifest entry of their condition
+    r = tables.make_result("t2_base", "sd_toy_id", {"acc": 0.46}, n_problems=128, k=4)
+    assert "sampling n=128 k=4, eval" in check.compare(r, r)[0].how
+    assert "problems n=128, sft" in check.compare({**r, "kind": "sft"}, {**r, "kind": "sft"})[0].how
+    # pass@k is one outcome per problem: n, not n*k, even on an evaluation-only row
+    results = [tables.make_result("t2_base", "sd_toy_id", {"pass_at_k": 0.9}, n_problems=128, k=4)]
+    pk = tables.build_table(
+        2, results, scale="smoke", columns=[tables.Column("pk", "pass@4", "sd_toy_id", "pass_at_k", 100.0, 1)]
+    )
+    assert check.compare(pk, pk)[0].how == "3se problems n=128, eval"
+    # other problems (another limit): only the problem bound holds
+    rows = check.compare(_base_table({"sd_toy_id": 0.46}, n=100), base)
+    assert rows[0].how == "3se problems n=128, eval, other problems"
+
+
+def test_smoke_base_reruns_pass_and_planted_drop_is_caught(tmp_path, capsys):
+    """issue 8 done-when: at n = 128, k = 4 a 10-point drop on the evaluation-only row is caught and five
+    reseeded reruns of that row (measured, above) raise no false alarm."""
+    baseline = _base_table(SMOKE_BASE_SEED0)
+    for i in range(5):
+        rerun = _base_table({t: v[i] for t, v in SMOKE_BASE_RERUNS.items()})
+        rows = check.compare(rerun, baseline)
+        assert len(rows) == 2 and all(r.ok for r in rows), rows
+        assert all(abs(r.ours - r.base) < 0.05 < r.allowed < check.DETECT_DROP for r in rows)
+    planted = _base_table({t: v - 0.10 for t, v in SMOKE_BASE_SEED0.items()})
+    rc, out, _ = _cli(
+        _write(tmp_path, "drop.json", planted),
+        "--against",
+        _write(tmp_path, "b.json", baseline),
+        capsys=capsys,
+    )
+    assert rc == 1 and sum(line.endswith("FAIL") for line in out.splitlines()) == 2
+    assert "sampling n=128 k=4, eval" in out
+    assert "warning" not in out  # the sampling bound (±0.09) can catch a 10-point drop
+    # the same drop on a retrained row passes the problem bound, and the check says so
+    rows = check.compare(
+        _base_table({"sd_toy_id": 0.3629}, kind="sft"), _base_table({"sd_toy_id": 0.4629}, kind="sft")
+    )
+    assert rows[0].ok and check.detection_warnings(rows)[0].startswith(
+        "warning: conditions.t2_base.metrics.toy_id: ±0.185 (3se problems n=128, sft) lets a 10-point drop pass"
+    )
+
+
+def test_problems_to_detect_reference():
+    # allowed ~ c / sqrt(n): at n' = n (a/d)^2 the bound equals d
+    m = check.Measurement("x", 0.5, "acc", 128, 4)
+    allowed, _ = check.allowed_difference(m, m, check.Tolerance("se", 3.0))
+    n2 = check.problems_to_detect(allowed, 128)
+    m2 = check.Measurement("x", 0.5, "acc", n2, 4)
+    assert check.allowed_difference(m2, m2, check.Tolerance("se", 3.0))[0] < check.DETECT_DROP
+    m3 = check.Measurement("x", 0.5, "acc", n2 - 10, 4)
+    assert check.allowed_difference(m3, m3, check.Tolerance("se", 3.0))[0] > check.DETECT_DROP * 0.99
+
+
+def test_nan_is_always_a_failure(tmp_path, capsys):
+    baseline = _table(seed=0)
+    baseline["conditions"]["t2_base"]["metrics"]["toy_ood"] = None  # a null baseline cell
+    result = copy.deepcopy(_table(seed=0))
+    result["conditions"]["t2_base"]["metrics"]["toy_ood"] = float("nan")
+    result["conditions"]["t2_sft_guided"]["metrics"]["toy_id"] = float("nan")
+    res = tmp_path / "nan.json"
+    res.write_text(json.dumps(result))  # json.dumps writes NaN (not JSON, but Python reads it back)
+    rc, out, _ = _cli(str(res), "--against", _write(tmp_path, "b.json", baseline), capsys=capsys)
+    assert rc == 1
+    status = {
+        line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith("conditions.")
+    }
+    assert status["conditions.t2_base.metrics.toy_ood"] == "NaN"
+    assert status["conditions.t2_sft_guided.metrics.toy_id"] == "NaN"
+
+
+def test_nothing_compared_fails(tmp_path, capsys):
+    baseline = _table(seed=0)
+    other = copy.deepcopy(baseline)
+    other["conditions"] = {"t2_other": other["conditions"]["t2_base"]}
+    rc, out, err = _cli(
+        _write(tmp_path, "o.json", other), "--against", _write(tmp_path, "b.json", baseline), capsys=capsys
+    )
+    assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1 and "nothing compared" in err
+
+
+def test_table_against_another_table_is_refused(tmp_path, capsys):
+    t2 = _write(tmp_path, "table2.json", _table(seed=0))
+    rc, out, err = _cli(t2, "--against", str(REPO / "results" / "smoke" / "table1.json"), capsys=capsys)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "is Table '2' but" in err and "Table '1'" in err
+
+
+@pytest.mark.parametrize(
+    "spec, msg",
+    [
+        ("length=1%", "unknown metric kind or path 'length'"),
+        ("acc=-0.05", "'-0.05' is not a tolerance"),
+        ("acc=-3se", "'-3se' is not a tolerance"),
+        ("response_tokens=-15%", "'-15%' is not a tolerance"),
+        ("response_tokens=15%|-1", "'15%|-1' is not a tolerance"),
+        ("acc=nan", "'nan' is not a tolerance"),
+        ("acc=inf", "'inf' is not a tolerance"),
+        ("response_tokens=3se", "applies to proportions only"),
+        ("metrics.nope=0.1", "unknown metric kind or path 'metrics.nope'"),
+    ],
+)
+def test_bad_tolerance_specs_are_refused(tmp_path, capsys, spec, msg):
+    result = tables.make_result("c", "t", {"acc": 0.3, "response_tokens": 20.0}, n_problems=N, k=K)
+    base = _write(tmp_path, "b.json", result)
+    rc, _out, err = _cli(base, "--against", base, "--tolerance", spec, capsys=capsys)
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_guards_file_rules_per_table(tmp_path, capsys):
+    """A guards file (results/smoke/guards.yaml layout: target -> rules) applies the result's table's rules."""
+    base = _write(tmp_path, "b.json", _table(seed=0))
+    rule = {"name": "guided below base", "op": "<", "lhs": "conditions.t2_sft_guided.metrics.toy_id"}
+    guards = tmp_path / "guards.yaml"
+    guards.write_text(
+        json.dumps(
+            {"table1": [{**rule, "rhs": 0}], "table2": [{**rule, "rhs": "conditions.t2_base.metrics.toy_id"}]}
+        )
+    )
+    rc, out, _ = _cli(base, "--against", base, "--rules", str(guards), capsys=capsys)
+    assert rc == 0 and "guided below base" in out and "1 rules" in out
+    guards.write_text(json.dumps({"table1": [{**rule, "rhs": 0}]}))
+    rc, _, err = _cli(base, "--against", base, "--rules", str(guards), capsys=capsys)
+    assert rc == 2 and "no rules for table2 (it has table1)" in err

@@ -202,7 +202,8 @@ def _check_dapo(problems):
         "dapo_math_17k/dddd-4",
     ]
     assert [p.extra["row"] for p in problems] == [0, 1, 5]
-    assert [p.question for p in problems] == [A[1], B[1], D[1]]  # the raw problem, unchanged
+    # the raw problem, stripped as the paper's rewrite does (change_math_prompts.py: content.strip())
+    assert [p.question for p in problems] == [A[1], B[1], D[1].strip()]
     assert [p.answer for p in problems] == [A[2], B[2], D[2]]
     assert (
         problems[1].prompt
@@ -231,6 +232,45 @@ def test_dapo_from_local_path(tmp_path):
     _check_dapo(load_problems(str(file)))
     _check_dapo(load_problems(str(tmp_path)))  # a folder of parquet files
     assert provenance(str(file))["set"] == "dapo_math_17k"
+
+
+def test_dapo_without_dedupe_keeps_every_row(tmp_path):
+    """dedupe=False (the paper's training data): one problem per row, file order, repeats included; rows that
+    share a UUID share one parsed Problem; "c" (a's text under another UUID) stays its own problem."""
+    file = _dapo_parquet(tmp_path / "dapo.parquet", ROWS)
+    problems = load_problems(str(file), dedupe=False)
+    assert [p.id.split("/")[1] for p in problems] == [u for u, _, _ in ROWS]
+    assert [p.answer for p in problems] == [a for _, _, a in ROWS]
+    assert problems[0] is problems[2] is problems[6] and problems[1] is problems[4]
+    assert problems[3] is not problems[0] and problems[3].question == problems[0].question
+    prov = provenance(str(file), dedupe=False)
+    assert (prov["rows"], prov["n"], prov["dedupe"]) == (7, 7, False)
+    assert len(load_problems(str(file))) == 3  # the default (evaluation sets, Table 1) still deduplicates
+
+
+@pytest.mark.parametrize(
+    "prompt,question",
+    [
+        (HEAD + "  Find $y$.\n" + TAIL, "Find $y$."),  # the problem text is stripped
+        # the paper's patterns: any white space between the sentences and before the tail, optional period
+        (HEAD.replace(". The last", ".The last").rstrip("\n") + "Find $y$." + TAIL[:-1], "Find $y$."),
+        (HEAD + "Find $y$.\n\n\n" + TAIL + "  \n", "Find $y$."),
+    ],
+)
+def test_dapo_rewrite_is_the_papers(prompt, question):
+    """Reference: the paper's transform_prompt (experiments/math/change_math_prompts.py), restated."""
+    import re
+
+    content = re.sub(
+        r"^Solve the following math problem step by step\.\s*The last line of your response should be of the "
+        r"form Answer: \$Answer \(without quotes\) where \$Answer is the answer to the problem\.\s*\n*",
+        "",
+        prompt,
+    )
+    content = re.sub(r'\s*\n*Remember to put your answer on its own line after "Answer:"\.?\s*$', "", content)
+    paper = content.strip() + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert data.dapo_question(prompt) == question
+    assert problem_prompt(data.dapo_question(prompt)) == paper
 
 
 def test_dapo_string_extra_info(tmp_path):
@@ -332,3 +372,88 @@ def test_dapo_through_datasets_load_dataset(monkeypatch, tmp_path):
     monkeypatch.setenv("SD_BENCH_DAPO_REVISION", "0123456789abcdef0123456789abcdef01234567")
     with pytest.raises(DataError, match="asked for commit 0123456789ab.* but datasets returned None"):
         load_problems("dapo_math_17k")
+
+
+# ---------------------------------------------------------------- training data (sd_bench.train.training_data)
+
+
+def _tiny_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from sd_bench.tiny_model import build_tiny_qwen3
+
+    return AutoTokenizer.from_pretrained(build_tiny_qwen3(tmp_path / "tiny"))
+
+
+def test_training_prompts_over_max_prompt_tokens_are_dropped(tmp_path):
+    """verl's filter_overlong_prompts: keep a row when its chat-rendered prompt (generation prompt included)
+    has <= max_prompt_length tokens. Reference lengths are computed here from that definition."""
+    import json
+
+    from sd_bench.prompts import render
+    from sd_bench.train.config import DataConfig
+    from sd_bench.train.training_data import load_training_set
+
+    tok = _tiny_tokenizer(tmp_path)
+    questions = ["What is 1 + 1?", "What is " + " + ".join(["1"] * 40) + "?", "What is 2 + 2?"]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"question": q, "answer": "2"}) + "\n" for q in questions))
+    lengths = [
+        len(
+            tok.apply_chat_template(
+                [{"role": "user", "content": problem_prompt(q)}],
+                add_generation_prompt=True,
+                return_dict=False,
+            )  # the token ids (transformers 5 returns a dict by default, whose len() is 2)
+        )
+        for q in questions
+    ]
+    assert lengths[1] > lengths[0] == lengths[2]
+    assert lengths == [
+        len(tok(render(tok, problem_prompt(q)), add_special_tokens=False)["input_ids"]) for q in questions
+    ]
+    for limit, kept in [
+        (lengths[0] - 1, []),
+        (lengths[0], [0, 2]),
+        (lengths[1] - 1, [0, 2]),
+        (lengths[1], [0, 1, 2]),
+    ]:
+        cfg = DataConfig(name=str(f), max_prompt_tokens=limit)
+        if not kept:
+            with pytest.raises(
+                DataError, match=f"all 3 prompts are longer than data.max_prompt_tokens={limit}"
+            ):
+                load_training_set(cfg, tok)
+            continue
+        data = load_training_set(cfg, tok)
+        assert [p.question for p in data.problems] == [questions[i] for i in kept]
+        assert data.too_long == 3 - len(kept) and f"{data.too_long} dropped" in data.summary(cfg)
+    assert len(load_training_set(DataConfig(name=str(f), max_prompt_tokens=None), tok).problems) == 3
+    assert len(load_training_set(DataConfig(name=str(f), max_prompt_tokens=1)).problems) == 3  # no tokenizer
+
+
+def test_training_data_dedupe_option(tmp_path):
+    """data.dedupe=false (default, the paper): the file's rows with their repeats; true: distinct problems."""
+    from sd_bench.train.config import DataConfig, TrainConfig
+    from sd_bench.train.training_data import load_training_set
+
+    assert TrainConfig().data.dedupe is False and TrainConfig().data.max_prompt_tokens == 2048
+    file = _dapo_parquet(tmp_path / "dapo.parquet", ROWS)
+    rows = load_training_set(DataConfig(name=str(file)))
+    assert (len(rows.problems), rows.distinct) == (7, 3)  # 3 distinct prompts: c carries a's text
+    unique = load_training_set(DataConfig(name=str(file), dedupe=True))
+    assert [p.id for p in unique.problems] == [
+        "dapo_math_17k/aaaa-1",
+        "dapo_math_17k/bbbb-2",
+        "dapo_math_17k/dddd-4",
+    ]
+
+
+@needs_shared
+def test_training_data_dedupe_of_a_pinned_subset():
+    from sd_bench.train.config import DataConfig
+    from sd_bench.train.training_data import load_training_set
+
+    assert len(load_training_set(DataConfig(name="dapo_seen_1x64")).problems) == 64
+    assert len(load_training_set(DataConfig(name="dapo_seen_1x64", dedupe=True)).problems) == 1
+    assert len(load_training_set(DataConfig(name="dapo_seen_8x8", dedupe=True)).problems) == 8

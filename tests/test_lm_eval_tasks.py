@@ -174,7 +174,19 @@ def test_task_files_defaults_and_thinking_off(tmp_path):
     assert sorted(p.stem for p in off.glob("*.yaml")) == names
     # CLI
     cli = [sys.executable, "-m", "sd_bench.cli", "tasks-path"]
-    assert subprocess.run(cli, capture_output=True, text=True, check=True).stdout.strip() == str(src)
+    # tasks-path prints the --include_path folder: the shipped folder when lm-eval here holds no copy, else a
+    # cache folder with the same template and only the task files that copy lacks (lm_eval_tasks.include_path)
+    printed = Path(subprocess.run(cli, capture_output=True, text=True, check=True).stdout.strip())
+    state, differ = lm_eval_tasks.copy_state(src, lm_eval_tasks.installed_copy())
+    if state == "missing":
+        assert printed == src
+    else:
+        assert (printed / "_sd_math_template").read_text() == template
+        included = {p.relative_to(printed).as_posix() for p in printed.rglob("*.yaml")}
+        if "_sd_math_template" in differ or "utils.py" in differ:  # every task includes them
+            assert included == {p.relative_to(src).as_posix() for p in src.rglob("*.yaml")}
+        else:
+            assert included <= set(differ)
     printed = subprocess.run(
         cli + ["--k", "2", "--out", str(tmp_path / "k2")], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -295,3 +307,145 @@ def test_batched_token_counts_are_exact(tiny_qwen3, tmp_path):
         sum(1000 * x / max(n, 1) for x, n in zip(e, exact)) / 4
     )
     assert m["acc"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- metrics v2 (issues 8, 9, 12)
+
+
+def test_pass_at_k_equals_the_closed_form():
+    """Unbiased pass@k (Chen et al. 2021) against 1 - C(n-c, k) / C(n, k), including k < n."""
+    from math import comb
+
+    from sd_bench.sampling_metrics import PASS_AT_KS, pass_at_k, pass_at_ks
+
+    for n in range(1, 17):
+        for c in range(n + 1):
+            for k in (k for k in PASS_AT_KS if k <= n):
+                assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k)), (n, c, k)
+    assert pass_at_ks(16, 4) == {k: pytest.approx(1 - comb(12, k) / comb(16, k)) for k in PASS_AT_KS}
+    assert set(pass_at_ks(5, 1)) == {1, 2, 4}
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25) and pass_at_k(4, 1, 4) == 1.0
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(4, 1, 8)
+
+
+def test_majority_vote():
+    from sd_bench.sampling_metrics import majority_correct
+
+    assert majority_correct(["1", "2", "2", None], [True, False, False, False]) == 0.0
+    assert majority_correct(["1", " 1", "2", None], [True, True, False, False]) == 1.0  # normalised: 1 x2
+    assert majority_correct(["2", "1"], [False, True]) == 0.0  # a tie goes to the answer seen first
+    assert majority_correct([None, ""], [False, False]) == 0.0  # no answer, no vote
+
+
+def test_score_responses_both_rules_canned():
+    """Hand-computed per-problem metrics of 4 canned responses under both rules (no tokenizer: chars)."""
+    responses = [
+        "<think>Wait.</think> \\boxed{540}",  # right under both rules
+        "thinking \\boxed{540} </think> so the answer is above",  # lone </think>: paper grades it whole
+        "<think>hmm</think> \\boxed{}",  # an empty box: no answer
+        "<think>x</think> \\boxed{12}",  # wrong
+    ]
+    m = lm_eval_tasks.score_responses(responses, "540")
+    # math-verify rule: only response 0 is right; answers "540", None, "", "12"
+    assert m["acc"] == pytest.approx(1 / 4) and m["pass_at_k"] == 1.0
+    assert m["pass_at_1"] == pytest.approx(1 / 4) and m["pass_at_2"] == pytest.approx(1 - 3 / 6)
+    assert m["pass_at_4"] == 1.0 and "pass_at_8" not in m
+    assert m["answer_rate"] == pytest.approx(2 / 4)  # the empty box does not count
+    assert m["maj_at_k"] == 1.0  # votes: 540 x1, 12 x1: the tie goes to 540, seen first
+    # paper rule: responses 0 and 1 are right
+    assert m["acc_paper"] == pytest.approx(2 / 4) and m["pass_at_k_paper"] == 1.0
+    assert m["pass_at_2_paper"] == pytest.approx(1 - 1 / 6)
+    assert m["maj_at_k_paper"] == 1.0  # votes: 540 x2, "" (no vote), 12 x1
+    # thinking: first think block's content, or the text before a lone </think>
+    thinking = ["Wait.", "thinking \\boxed{540}", "hmm", "x"]
+    assert m["thinking_chars"] == pytest.approx(sum(map(len, thinking)) / 4)
+    assert m["response_chars"] == pytest.approx(sum(map(len, responses)) / 4)
+
+
+def test_thinking_tokens_are_exact(tiny_qwen3):
+    """thinking_tokens = tokens of the think content counted alone (eval.py), in the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from sd_bench.paper_answer import thinking_text
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    responses = [
+        "<think>\nWait, let me check 2 + 3 again.\n</think>\n\n\\boxed{5}",
+        "Hmm, maybe 5.\n</think>\n\\boxed{5}",
+        "no thinking at all: \\boxed{4}",
+    ]
+    m = lm_eval_tasks.process_results({"answer": "5", "tokenizer": str(tiny_qwen3)}, [responses])
+    n_think = [len(tok(thinking_text(r), add_special_tokens=False)["input_ids"]) for r in responses]
+    n_all = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    assert n_think[2] == 0 and min(n_think[:2]) > 0
+    assert m["thinking_tokens"] == pytest.approx(sum(n_think) / 3)
+    assert m["response_tokens"] == pytest.approx(sum(n_all) / 3)
+
+
+def test_acc_stderr_over_problems():
+    """lm-eval reports acc_stderr = sample standard deviation of the per-problem avg@k / sqrt(problems)."""
+    import statistics
+
+    tm = lm_eval_tasks.task_manager(k=2, max_gen_toks=64, include_defaults=False)
+    out = simple_evaluate(
+        model=CannedLM(),
+        tasks=["sd_math500"],
+        task_manager=tm,
+        bootstrap_iters=10,
+        samples={"sd_math500": [0, 1, 2]},
+    )
+    res = out["results"]["sd_math500"]
+    per_problem = [PER_DOC[p][0] for p in PLAN["sd_math500"]]  # 0.5, 0.5, 0.0
+    assert res["acc,none"] == pytest.approx(statistics.fmean(per_problem))
+    assert res["acc_stderr,none"] == pytest.approx(statistics.stdev(per_problem) / len(per_problem) ** 0.5)
+    # the paper's rule also reads the unclosed `\\boxed{GOLD` of pattern "none" (to the end): 0.5 per problem
+    assert res["acc_paper,none"] == pytest.approx(0.5)
+    assert "pass_at_2,none" in res and "pass_at_4,none" not in res
+
+
+def test_fast_token_count_equals_tokenizers(tiny_qwen3, tmp_path):
+    """sd_bench.token_count (tiktoken) gives the `tokenizers` counts, and falls back when they differ."""
+    from tokenizers import Tokenizer
+
+    from sd_bench import token_count
+
+    hf = Tokenizer.from_file(str(tiny_qwen3 / "tokenizer.json"))
+
+    def reference(texts):
+        return [len(e.ids) for e in hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    fast = token_count.fast_counter(tiny_qwen3 / "tokenizer.json")
+    assert fast is not None  # the tiny Qwen3 tokenizer is byte-level BPE: supported
+    texts = token_count.PROBES + ["<think>a</think>b<|im_end|>", "  \n\n  x", "", "数学 " * 50, "e\u0301" * 9]
+    assert fast(texts) == reference(texts)
+    checked = token_count.checked_counter(tiny_qwen3 / "tokenizer.json", reference)
+    assert checked is not reference and checked(texts) == reference(texts)
+    # a reference that disagrees (as a tokenizer tiktoken cannot reproduce would): the reference is used
+    off_by_one = lambda ts: [n + 1 for n in reference(ts)]
+    assert token_count.checked_counter(tiny_qwen3 / "tokenizer.json", off_by_one) is off_by_one
+    # an unsupported pipeline (a WordPiece model) gets no fast counter
+    from tokenizers import models
+
+    Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(tmp_path / "wp.json"))
+    assert token_count.fast_counter(tmp_path / "wp.json") is None
+
+
+def test_max_gen_toks_clamped_to_the_context(tiny_qwen3, caplog):
+    """The tasks' 38,912 new tokens on a 4,096-token model: clamped, with one warning naming both numbers."""
+    args = {"pretrained": str(tiny_qwen3)}
+    assert lm_eval_tasks.model_context_length(args) == 4096  # tiny_model: max_position_embeddings
+    lm_eval_tasks._warned.clear()
+    with caplog.at_level("WARNING", logger="sd_bench.lm_eval_tasks"):
+        assert lm_eval_tasks.clamp_max_gen_toks(None, args) == 4096 - 2048
+        assert lm_eval_tasks.clamp_max_gen_toks(None, args) == 2048
+    warnings = [r.getMessage() for r in caplog.records if "max_gen_toks" in r.getMessage()]
+    assert len(warnings) == 1 and "38912" in warnings[0] and "4096" in warnings[0]
+    assert lm_eval_tasks.clamp_max_gen_toks(1000, args) == 1000  # fits: unchanged
+    assert lm_eval_tasks.clamp_max_gen_toks(None, {"pretrained": "no/such-model"}) is None  # unknown context
+    assert lm_eval_tasks.clamp_max_gen_toks(None, {"max_length": "8192"}) == 8192 - 2048
+    assert (
+        lm_eval_tasks.clamp_max_gen_toks(None, {"max_model_len": "40960"}) is None
+    )  # the paper's setting fits
+    tm = lm_eval_tasks.task_manager(k=1, model_args=f"pretrained={tiny_qwen3}", include_defaults=False)
+    assert "\n  max_gen_toks: 2048\n" in (Path(tm.include_path) / "_sd_math_template").read_text()

@@ -70,3 +70,19 @@ def test_missing_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="--log_samples"):
         report([str(tmp_path / "empty")])
+
+
+def test_reads_the_sample_logs_sd_bench_reproduce_writes(tmp_path):
+    """Every scale's eval folder holds samples_<task>.jsonl in lm-eval's --log_samples shape (lm-eval tasks
+    and Table 1's probes alike), so `sd-bench markers eval/<cond> eval/<base>` works at every scale."""
+    from sd_bench.reproduce.io import jsonl_text
+
+    for cond, texts in (("t1_s", ["A:5"]), ("t1_none", ["wait A:5", "wait wait A:4"])):
+        rows = [
+            {"task": "toy_probe", "doc_id": 0, "doc": {"id": "p0", "answer": "5"}, "filtered_resps": texts}
+        ]
+        (tmp_path / cond).mkdir()
+        (tmp_path / cond / "samples_toy_probe.jsonl").write_text(jsonl_text(rows))
+    result = report([str(tmp_path / "t1_s")], [str(tmp_path / "t1_none")])
+    assert result["toy_probe"]["delta"]["wait"] == pytest.approx(0.0 - 1.5)
+    assert result["toy_probe"]["run"]["responses"] == 1

@@ -1,212 +1,300 @@
-"""`sd-bench reproduce`: plans follow the paper's protocol; the executor resumes; progress shows time left."""
+"""`sd-bench reproduce`: one pipeline at every scale (issue 13), priced from what runs, resumed by fingerprint."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sd_bench import manifest
 from sd_bench.cli import main
+from sd_bench.reproduce import execute as E
 from sd_bench.reproduce import plan as P
+from sd_bench.reproduce import scale as S
+from sd_bench.reproduce import stages
 from sd_bench.reproduce.progress import Progress, format_seconds
+from sd_bench.train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def man():
-    return manifest.load()
-
-
-def _plan(man, target, scale="paper", **kw):
-    return P.protocol_plan(P.PlanRequest(target, scale, man, **kw))
+def _plan(target, scale="paper", *sets, **kw):
+    return P.build_plan(P.PlanRequest(target, scale, list(sets), **kw))
 
 
 def test_light_imports():
     code = (
         "import sys, sd_bench.reproduce.plan, sd_bench.reproduce.cli, sd_bench.reproduce.progress, "
-        "sd_bench.plots; bad = [m for m in ('torch', 'vllm') if m in sys.modules]; assert not bad, bad"
+        "sd_bench.reproduce.protocol, sd_bench.reproduce.stages, sd_bench.plots; "
+        "bad = [m for m in ('torch', 'vllm', 'sd_bench.toy.experiment') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-def test_table2_paper_plan_matches_protocol(man):
-    plan = _plan(man, "table2")
-    assert [(s.kind, s.name) for s in plan.stages] == [
-        ("generate", "generate/t2_traces_unguided"),
-        ("generate", "generate/t2_traces_guided"),
-        ("evaluate", "evaluate/t2_base"),
-        ("train", "train/t2_sft_unguided"),
-        ("evaluate", "evaluate/t2_sft_unguided"),
-        ("train", "train/t2_sft_guided"),
-        ("evaluate", "evaluate/t2_sft_guided"),
-        ("render", "render/table2"),
-    ]
-    st = {s.name: s for s in plan.stages}
-    assert st["generate/t2_traces_unguided"].model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B@main"
-    assert st["generate/t2_traces_unguided"].params["keep_correct"] == 800
-    assert st["generate/t2_traces_guided"].inputs == ("traces/unguided.jsonl",)
-    assert st["train/t2_sft_guided"].recipe == "sft"
-    assert st["train/t2_sft_guided"].inputs[-1] == "traces/solution_guided.jsonl"
-    for cond in ("t2_base", "t2_sft_unguided", "t2_sft_guided"):
-        ev = st[f"evaluate/{cond}"]
-        assert ev.params["tasks"] == ["sd_aime24", "sd_aime25", "sd_amc23", "sd_math500"]
-        assert (
-            ev.params["k"],
-            ev.params["temperature"],
-            ev.params["top_p"],
-            ev.params["max_new_tokens"],
-        ) == (16, 0.6, 0.95, 38912)
-        assert f"eval/{cond}/sd_ood_math.json" in ev.outputs
-    assert st["evaluate/t2_sft_guided"].model == "runs/t2_sft_guided/final"
-    assert st["render/table2"].outputs == ("table2.json", "table2.md", "table2.tex")
-    assert 5 < plan.gpu_hours < 50 and plan.disk_gb > 20
+def test_every_stage_kind_is_one_function_at_every_scale():
+    """Issue 13's proof: the plan of every target at smoke and paper scale; each stage kind resolves to the
+    same function object (stages.FUNCTIONS) at both, so no stage body is scale-specific."""
+    seen: dict[str, set[int]] = {}
+    for scale in ("smoke", "paper"):
+        for target in P.TARGETS:
+            if scale == "smoke" and target in ("figure5", "figure6"):  # they compare base models
+                with pytest.raises(P.PlanError, match="single base model.*--scale small"):
+                    _plan(target, scale)
+                continue
+            if scale == "paper" and target == "ablations":  # the miniature world's own target
+                with pytest.raises(P.PlanError, match="no entries in group 'ablations'"):
+                    _plan(target, scale)
+                continue
+            plan = _plan(target, scale)
+            assert plan.stages[-1].kind == "render" and len({s.name for s in plan.stages}) == len(plan.stages)
+            for st in plan.stages:
+                assert st.run is stages.FUNCTIONS[st.kind], st.name
+                seen.setdefault(st.kind, set()).add(id(st.run))
+    assert set(seen) == set(P.KINDS) and all(len(ids) == 1 for ids in seen.values())
 
 
-def test_other_paper_plans(man):
-    t1 = _plan(man, "table1")
-    assert [s.name for s in t1.stages][:6] == [
-        "generate/t1_select",
-        "generate/t1_none",
-        "generate/t1_s",
-        "generate/t1_s_nothink",
-        "generate/t1_y_r",
-        "evaluate/t1",
-    ]
-    assert {s.name: s.inputs for s in t1.stages}["generate/t1_y_r"] == ("probe/t1_s.jsonl",)
-    t3 = _plan(man, "table3")
-    trains = [s for s in t3.stages if s.kind == "train"]
-    assert len(trains) == 10
-    assert {s.params["overrides"]["data.name"] for s in trains} == {
-        "dapo_seen_1x64",
-        "dapo_seen_8x8",
-        "dapo_seen_64",
-        "dapo_seen_128",
-        "dapo_seen_512",
+def test_table2_has_the_same_stage_graph_at_every_scale():
+    graphs = {
+        s: [
+            (st.kind, st.name, st.inputs[:1] if st.kind != "render" else ())
+            for st in _plan("table2", s).stages
+        ]
+        for s in S.SCALES
     }
-    assert all("64 prompts x 8 rollouts" in s.description for s in trains)
-    assert {s.params["overrides"]["model.path"] for s in trains} == {"Qwen/Qwen3-8B"}
-    assert all(s.params["overrides"]["model.template_kwargs.enable_thinking"] is False for s in trains)
-    # figure 3 from released checkpoints: nothing trained, the step-100 models evaluated
-    f3 = _plan(man, "figure3", from_checkpoints=True)
-    assert not [s for s in f3.stages if s.kind == "train"]
-    assert {s.model for s in f3.stages if s.kind == "evaluate" and s.params["step"] == 100} == {
-        f"beanie00/math-{a}-DeepSeek-Distill-7B-step-100@main"
-        for a in ("GRPO", "SDPO", "SDPO-no-think-contents")
-    }
-    f6 = _plan(man, "figure6", from_checkpoints=True)  # no released Olmo / Qwen3-1.7B models: trained
-    assert len([s for s in f6.stages if s.kind == "train"]) == 6
-    assert any("no released checkpoint" in n for n in f6.notes)
+
+    def shape(g):
+        return [(k, n) for k, n, _ in g]
+
+    assert (
+        shape(graphs["smoke"])
+        == shape(graphs["small"])
+        == shape(graphs["paper"])
+        == [
+            ("select", "select/t2_traces_unguided"),
+            ("generate", "generate/t2_traces_guided"),
+            ("evaluate", "evaluate/t2_base"),
+            ("train", "train/t2_sft_unguided"),
+            ("evaluate", "evaluate/t2_sft_unguided"),
+            ("train", "train/t2_sft_guided"),
+            ("evaluate", "evaluate/t2_sft_guided"),
+            ("render", "render/table2"),
+        ]
+    )
+    t1 = {s: [st.kind for st in _plan("table1", s).stages] for s in ("smoke", "paper")}
+    assert set(t1["smoke"]) == set(t1["paper"]) == {"select", "generate", "evaluate", "render"}
 
 
-@pytest.mark.parametrize("scale", P.SCALES)
-def test_every_target_plans_at_every_scale(man, scale):
-    for target in P.TARGETS:
-        if scale == "smoke" and target in ("figure5", "figure6"):  # they compare base models; the toy has one
-            with pytest.raises(P.PlanError, match="single base model"):
-                P.build_plan(P.PlanRequest(target, scale, man))
-            continue
-        plan = P.build_plan(P.PlanRequest(target, scale, man))
-        assert plan.stages and plan.stages[-1].kind == "render"
-        assert len({s.name for s in plan.stages}) == len(plan.stages)
-        if scale == "smoke" and (target, scale) not in P.BUILDERS:
-            assert plan.gpu_hours == 0 and all(
-                s.model in (None, "sd_bench/toy/base") or s.model.startswith("runs/") for s in plan.stages
-            )
+def test_paper_protocols_of_tables_1_and_2():
+    """issue 12 rules 9-10 (eval_dapo_dataset.py, eval_with_hint.py, make_sft_dataset.py at 5c51051)."""
+    t1 = {s.name: s for s in _plan("table1").stages}
+    sel = t1["select/t1"].params
+    assert (sel["k"], sel["temperature"], sel["top_p"], sel["top_k"], sel["max_new_tokens"]) == (
+        8,
+        0.6,
+        0.95,
+        20,
+        32768,
+    )
+    assert (sel["min_correct"], sel["max_correct"], sel["keep"], sel["data"]) == (1, 4, 100, "dapo_math_17k")
+    assert (
+        t1["generate/t1_y_r"].inputs == ("probe/t1_s.jsonl",) and t1["generate/t1_s"].params["keep"] == "all"
+    )
+    assert t1["evaluate/t1_s"].outputs == ("eval/t1_s/dapo_probe.json", "eval/t1_s/samples_dapo_probe.jsonl")
+    t2 = {s.name: s for s in _plan("table2").stages}
+    assert t2["select/t2_traces_unguided"].params["keep"] == 800
+    g = t2["generate/t2_traces_guided"]
+    assert (g.params["context"], g.params["k"], g.params["keep"]) == ("s", 8, "first_correct")
+    ev = t2["evaluate/t2_sft_guided"].params
+    assert (ev["k"], ev["temperature"], ev["top_p"], ev["max_new_tokens"], ev["group"]) == (
+        16,
+        0.6,
+        0.95,
+        38912,
+        "sd_ood_math",
+    )
+    assert t2["evaluate/t2_sft_guided"].model == "runs/t2_sft_guided/final"
+    assert t2["train/t2_sft_guided"].params["overrides"]["data.name"] == "traces/solution_guided.jsonl"
+    assert 5 < _plan("table2").gpu_hours < 100
 
 
-def test_dry_run_cli_prints_plan_and_runs_nothing(tmp_path, capsys):
+def test_set_edits_the_scale_with_the_trainers_parser():
+    """`--set` is sd_bench.train.config's key=value machinery: YAML values, types, closest-key errors."""
+    plan = _plan("table1", "small", "k=4", "probe.problems=20")  # issue 8: `--set k=` reaches Table 1
+    sel = next(s for s in plan.stages if s.kind == "select")
+    assert sel.params["k"] == 4 and sel.params["keep"] == 20
+    assert all(s.params["k"] == 4 for s in plan.stages if s.kind == "generate")
+    t2 = _plan("table2", "smoke", "eval.limit=8", "train.optim.lr=5e-4")
+    assert all(s.params["limit"] == 8 for s in t2.stages if s.kind == "evaluate")
+    assert all(s.params["overrides"]["optim.lr"] == "5e-4" for s in t2.stages if s.kind == "train")
+    for sets, message in (
+        (["eval.kk=3"], "unknown key `eval.kk`; did you mean `eval.k`"),
+        (["eval.k=many"], "field `eval.k`: expected"),
+        (["sampler=tgi"], "expected one of auto, hf, vllm"),
+        (["train.optim.lrr=1"], "did you mean `optim.lr`"),
+        (["probe.max_correct=9"], "max_correct <= probe.k"),
+        (["oops"], "expected KEY=VALUE"),
+    ):
+        with pytest.raises(P.PlanError, match=message):
+            _plan("table2", "small", *sets)
+    with pytest.raises(P.PlanError, match="did you mean 'cov_d8_grpo'"):
+        _plan("table3", "small", "conditions=[cov_d9_grpo]")
+    only = _plan("table3", "small", "conditions=[cov_d8_sdpo]")
+    assert [s.name for s in only.stages] == [
+        "evaluate/base_qwen3_8b_nothink@0",
+        "train/cov_d8_sdpo",
+        "evaluate/cov_d8_sdpo@10",
+        "evaluate/cov_d8_sdpo@20",
+        "evaluate/cov_d8_sdpo@30",
+        "render/table3",
+    ]
+
+
+def test_dry_run_prices_train_stages_from_their_trainer_config():
+    """The plan and the run cannot disagree: a train stage's basis IS the TrainConfig the trainer loads."""
+    from sd_bench.reproduce.io import trainer_args
+
+    for st in (s for s in _plan("table3", "small").stages if s.kind == "train"):
+        cfg = load_config(
+            st.recipe, scale=st.params["preset"], overrides=trainer_args(st.params["overrides"])
+        )
+        assert st.basis == {
+            "prompts_per_step": cfg.rollout.prompts_per_step,
+            "n": cfg.rollout.n,
+            "max_new_tokens": cfg.rollout.max_new_tokens,
+            "steps": cfg.run.max_steps,
+            "save_every": cfg.run.save_every,
+        }
+        assert (cfg.rollout.prompts_per_step, cfg.rollout.max_new_tokens, cfg.run.max_steps) == (64, 4096, 30)
+    # a --set on the trainer moves the estimate with it
+    a = next(s for s in _plan("table3", "small").stages if s.kind == "train")
+    b = next(
+        s for s in _plan("table3", "small", "train.rollout.max_new_tokens=1024").stages if s.kind == "train"
+    )
+    assert b.basis["max_new_tokens"] == 1024 and b.gpu_hours < a.gpu_hours
+
+
+def test_dry_run_cli_prints_plan_departures_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["reproduce", "--table", "2", "--scale", "paper", "--dry-run", "--output", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "plan: table2, scale paper: 8 stages" in text and "GPU-hours (H100)" in text
-    assert "train/t2_sft_guided" in text and "keep the first 800 correct" in text
-    assert not out.exists()
+    assert "plan: table2, scale paper: 8 stages" in text and "GPU-hours (H100)" in text and not out.exists()
+    assert main(["reproduce", "--table", "2", "--scale", "smoke", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "note: departure: train.lr: SDPO 3e-4" in text and "CPU seconds" in text
     assert main(["reproduce", "--figure", "4", "--scale", "paper", "--dry-run", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["target"] == "figure4" and data["stages"][-1]["outputs"] == ["figure4.png", "figure4.svg"]
+    assert main(["reproduce", "--ablations", "--scale", "smoke", "--dry-run"]) == 0  # the toy ablations
+    text = capsys.readouterr().out
+    assert "train/abl_sd_sibling" in text and "render/ablations" in text and "train/fig_sd_none" in text
+    assert main(["reproduce", "--table", "2", "--dry-run", "--set", "eval.kk=1"]) == 2
+    assert "did you mean `eval.k`" in capsys.readouterr().err
 
 
-def test_run_without_implementation_fails_clearly(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(P.BUILDERS, ("table2", "paper"), raising=False)
-    rc = main(["reproduce", "--table", "2", "--scale", "paper", "--output", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert rc == 1 and "no implementation for 7 stage(s) of table2 at scale paper" in err
-    assert "generate/t2_traces_unguided" in err and "--dry-run" in err
+# --- the executor: fingerprints, reuse, one writer --------------------------------------------------
 
 
-def _toy_stages(calls: list[str], fail_at: str | None = None):
+def _stand_in_plan(calls: list[str], fail_at: str | None = None, value: str = "a") -> P.Plan:
     def writer(name, rel):
         def run(ctx):
             calls.append(name)
             ctx.report(1, 2, "half")
             if name == fail_at:
                 raise RuntimeError("simulated crash")
-            ctx.write_json(rel, {"stage": name})
+            ctx.write_json(rel, {"stage": name, "value": ctx.stage.params["value"], "seed": ctx.seed})
 
         return run
 
-    def train(ctx):
-        calls.append("train")
-        with ctx.atomic_dir("runs/a/final") as d:
-            (d / "weights.bin").write_bytes(b"x")
-        ctx.write_text("runs/a/metrics.jsonl", '{"step": 1}\n')
-
-    return [
+    stages_ = [
+        P.Stage("select/a", "select", "s", outputs=("probe/a.json",), params={"value": value}),
         P.Stage(
-            "generate/a",
+            "generate/b",
             "generate",
             "g",
-            outputs=("traces/a.json",),
-            run=writer("generate/a", "traces/a.json"),
+            inputs=("probe/a.json",),
+            outputs=("probe/b.json",),
+            params={"value": "b"},
         ),
-        P.Stage("train/a", "train", "t", outputs=("runs/a/final", "runs/a/metrics.jsonl"), run=train),
-        P.Stage("render/a", "render", "r", outputs=("table9.json",), run=writer("render/a", "table9.json")),
+        P.Stage(
+            "render/c",
+            "render",
+            "r",
+            inputs=("probe/b.json",),
+            outputs=("table9.json",),
+            params={"value": "c"},
+        ),
     ]
+    for st in stages_:
+        st.run = writer(st.name, st.outputs[0])
+    return P.Plan("table1", S.resolve("small"), stages_)
 
 
-def test_executor_skips_finished_stages_and_resumes_after_a_crash(tmp_path, monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setitem(P.BUILDERS, ("table1", "small"), lambda req: _toy_stages(calls, fail_at="render/a"))
-    plan = P.build_plan(P.PlanRequest("table1", "small", manifest.load()))
-    stream = io.StringIO()
-    with pytest.raises(P.PlanError, match="stage 'render/a' failed: RuntimeError: simulated crash"):
-        P.execute(plan, tmp_path, progress=Progress([1, 1, 1], stream=stream, tty=False))
-    assert calls == ["generate/a", "train", "render/a"]
-    assert (tmp_path / "runs/a/final/weights.bin").read_bytes() == b"x"
-    assert not list((tmp_path / "runs/a").glob(".final.tmp-*"))
-    # resume: only the stage in flight reruns
-    calls.clear()
-    monkeypatch.setitem(P.BUILDERS, ("table1", "small"), lambda req: _toy_stages(calls))
-    plan = P.build_plan(P.PlanRequest("table1", "small", manifest.load()))
-    report = P.execute(plan, tmp_path, progress=Progress([1, 1, 1], stream=stream, tty=False))
-    assert calls == ["render/a"] and report == {"ran": ["render/a"], "skipped": ["generate/a", "train/a"]}
-    # a deleted output makes its stage run again
-    (tmp_path / "traces/a.json").unlink()
-    calls.clear()
-    P.execute(plan, tmp_path, progress=Progress([1, 1, 1], stream=stream, tty=False))
-    assert calls == ["generate/a"]
-    log = stream.getvalue()
-    assert (
-        "[1/3] generate/a | elapsed 0s" in log
-        and "| start" in log
-        and "skipped (outputs exist)" in log
-        and "FAILED after" in log
+def _run(plan, out, **kw):
+    return E.execute(
+        plan, out, progress=Progress([1, 1, 1], stream=io.StringIO(), tty=False), log=lambda m: None, **kw
     )
+
+
+def test_executor_reuses_only_unchanged_stages(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(P.PlanError, match="stage 'render/c' failed: RuntimeError: simulated crash"):
+        _run(_stand_in_plan(calls, fail_at="render/c"), tmp_path)
+    assert calls == ["select/a", "generate/b", "render/c"]
+    calls.clear()  # resume: only the stage in flight reruns
+    assert _run(_stand_in_plan(calls), tmp_path)["skipped"] == ["select/a", "generate/b"] and calls == [
+        "render/c"
+    ]
+    calls.clear()  # another seed: every stage is stale
+    report = _run(_stand_in_plan(calls), tmp_path, seed=7)
+    assert calls == ["select/a", "generate/b", "render/c"] and "seed: 0 -> 7" in report["reran"]["select/a"]
+    assert json.loads((tmp_path / "table9.json").read_text())["seed"] == 7
+    calls.clear()  # a changed setting reruns its stage and every stage downstream of it (input fingerprints)
+    report = _run(_stand_in_plan(calls, value="z"), tmp_path, seed=7)
+    assert (
+        calls == ["select/a", "generate/b", "render/c"]
+        and "params.value: 'a' -> 'z'" in report["reran"]["select/a"]
+    )
+    assert "inputs.probe/a.json" in report["reran"]["generate/b"]
+    calls.clear()
+    with pytest.raises(P.PlanError, match=r"--no-rerun: 3 finished stage\(s\) are stale.*seed: 7 -> 1"):
+        _run(_stand_in_plan(calls, value="z"), tmp_path, seed=1, no_rerun=True)
+    assert calls == []
+    (tmp_path / "probe/b.json").unlink()  # a deleted output reruns its stage (and what reads it)
+    _run(_stand_in_plan(calls, value="z"), tmp_path, seed=7)
+    assert calls == ["generate/b"]
+
+
+def test_one_writer_per_output_folder(tmp_path, capsys):
+    (tmp_path / ".sd-bench").mkdir()
+    (tmp_path / ".sd-bench/lock").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(
+        P.PlanError, match=rf"another sd-bench reproduce \(pid {os.getppid()}\) is writing it"
+    ):
+        _run(_stand_in_plan([]), tmp_path)
+    (tmp_path / ".sd-bench/lock").write_text("999999999")  # its writer is gone: taken over
+    _run(_stand_in_plan([]), tmp_path)
+    assert not (tmp_path / ".sd-bench/lock").exists()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(P.PlanError, match="holds no .sd-bench/"):
+        _run(_stand_in_plan([]), user)
+    assert (user / "notes.txt").read_text() == "mine"
 
 
 def test_stage_that_does_not_write_its_outputs_fails(tmp_path):
-    plan = P.Plan(
-        "table1", "small", [P.Stage("generate/x", "generate", "x", outputs=("x.json",), run=lambda ctx: None)]
-    )
+    st = P.Stage("generate/x", "generate", "x", outputs=("x.json",), run=lambda ctx: None)
     with pytest.raises(P.PlanError, match="finished without writing x.json"):
-        P.execute(plan, tmp_path, progress=Progress([None], stream=io.StringIO(), tty=False))
-    assert not (tmp_path / P.STATE_DIR).exists() or not list((tmp_path / P.STATE_DIR).iterdir())
+        E.execute(
+            P.Plan("table1", S.resolve("small"), [st]),
+            tmp_path,
+            progress=Progress([None], stream=io.StringIO(), tty=False),
+        )
+    assert not list((tmp_path / E.STATE_DIR).glob("*.json"))
 
 
 def test_progress_time_left_and_lines():
@@ -226,77 +314,3 @@ def test_progress_time_left_and_lines():
     assert lines[0].startswith("[1/3] generate/a | elapsed 0s | left ~1m00s | start")
     assert lines[1] == "[1/3] generate/a  40.0% problem 2/5 | elapsed 4s | left ~56s"
     assert format_seconds(3725) == "1h02m05s" and format_seconds(None) == "?"
-    tty = io.StringIO()
-    q = Progress([None], stream=tty, tty=True, clock=lambda: 0.0)
-    q.start_stage(0, "x")
-    assert tty.getvalue().startswith("\r\033[K[1/1] x") and "left ~?" in tty.getvalue()
-
-
-def _fake_runs(acc: dict[str, float]):
-    """Stand-ins for the trainer / lm-eval stages (the real ones are wired by sd_bench.reproduce.smoke):
-    they write what the real stages write, so the render stages and `sd-bench check` run for real."""
-    from sd_bench import tables
-    from sd_bench.markers import MARKERS
-
-    def generate(ctx):
-        for o in ctx.stage.outputs:
-            ctx.write_text(o, '{"prompt": "1+1", "response": "2"}\n')
-
-    def train(ctx):
-        cond = ctx.stage.params["condition"]
-        with ctx.atomic_dir(f"runs/{cond}/final") as d:
-            (d / "config.json").write_text("{}")
-        rows = [
-            {"step": s, "score": 0.3 + 0.01 * s, "response_tokens": 20 - 0.5 * s, "epistemic_count": 1.0}
-            for s in range(ctx.stage.params["steps"] + 1)
-        ]
-        ctx.write_text(f"runs/{cond}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-    def evaluate(ctx):
-        p = ctx.stage.params
-        cond, step = p["condition"], p["step"]
-        for o in ctx.stage.outputs:
-            task = Path(o).stem
-            if task == "samples":
-                ctx.write_text(o, "")
-                continue
-            a = acc.get(cond, 0.3) - 0.001 * (step or 0)
-            metrics = {
-                "acc": a,
-                "response_tokens": 20.0,
-                "epistemic_count": 1.0,
-                **{f"marker_{m}": (0.2 if cond.startswith("base") else 0.1) for m in MARKERS},
-            }
-            ctx.write_json(o, tables.make_result(cond, task, metrics, n_problems=256, k=p["k"], step=step))
-
-    return {"generate": generate, "train": train, "evaluate": evaluate}
-
-
-def test_smoke_table2_end_to_end_with_stand_in_stages(tmp_path, monkeypatch, capsys):
-    runs = _fake_runs({"t2_base": 0.33, "t2_sft_unguided": 0.31, "t2_sft_guided": 0.12})
-    monkeypatch.setitem(P.BUILDERS, ("table2", "smoke"), lambda req: P.implement(P.protocol_plan(req), runs))
-    out = tmp_path / "smoke"
-    assert main(["reproduce", "--table", "2", "--scale", "smoke", "--output", str(out)]) == 0
-    assert "8 stage(s) run, 0 reused" in capsys.readouterr().out
-    table = json.loads((out / "table2.json").read_text())
-    assert [c["key"] for c in table["columns"]] == ["toy_id", "toy_ood"]
-    assert list(table["conditions"]) == ["t2_base", "t2_sft_unguided", "t2_sft_guided"]
-    assert table["conditions"]["t2_sft_guided"]["metrics"]["toy_ood"] == pytest.approx(0.12)
-    assert table["provenance"]["run"] == {"seed": 0, "scale": "smoke"}
-    assert "SFT on solution-guided traces" in (out / "table2.md").read_text()
-    assert (out / "table2.tex").read_text().startswith("\\begin{table}")
-    # an unchanged rerun reuses everything; the regression check passes against itself
-    assert main(["reproduce", "--table", "2", "--scale", "smoke", "--output", str(out)]) == 0
-    assert "0 stage(s) run, 8 reused" in capsys.readouterr().out
-    assert main(["check", str(out / "table2.json"), "--against", str(out / "table2.json")]) == 0
-
-
-@pytest.mark.parametrize("figure", [3, 4])
-def test_smoke_figures_with_stand_in_stages(tmp_path, monkeypatch, figure):
-    runs = _fake_runs({"r1_7b_grpo": 0.4, "r1_7b_sdpo_s": 0.1, "r1_7b_sdpo_s_nothink": 0.3})
-    key = (f"figure{figure}", "smoke")
-    monkeypatch.setitem(P.BUILDERS, key, lambda req: P.implement(P.protocol_plan(req), runs))
-    plan = P.build_plan(P.PlanRequest(f"figure{figure}", "smoke", manifest.load()))
-    P.execute(plan, tmp_path, progress=Progress([s.est_seconds for s in plan.stages], stream=io.StringIO()))
-    png, svg = tmp_path / f"figure{figure}.png", tmp_path / f"figure{figure}.svg"
-    assert png.stat().st_size > 10_000 and "r1_7b_sdpo_s" in svg.read_text()

@@ -14,14 +14,23 @@ from sd_bench import provenance, tables
 REPO = Path(__file__).resolve().parents[1]
 
 
+MV_OFFSET = 0.02  # math-verify's acc in these results: the paper rule's acc_paper + 0.02
+
+
 def _write_results(root: Path, values: dict[str, dict[str, float]], n=30, k=16) -> list[Path]:
+    """Result files with acc_paper = the value given and acc (math-verify) = value + MV_OFFSET (toy tasks:
+    + 0, as their one grader serves both rules)."""
     paths = []
     for cond, per_task in values.items():
         for task, acc in per_task.items():
             r = tables.make_result(
                 cond,
                 task,
-                {"acc": acc, "response_tokens": 1000.0},
+                {
+                    "acc_paper": acc,
+                    "acc": acc + (0 if "toy" in task else MV_OFFSET),
+                    "response_tokens": 1000.0,
+                },
                 n_problems=n,
                 k=k,
                 provenance={"run": {"seed": 0}},
@@ -51,13 +60,20 @@ def test_table2_paper_scale_ours_paper_diff(tmp_path):
     results = tables.find_results(tmp_path)
     assert len(results) == 5
     t = tables.build_table(2, results, scale="paper", results_root=tmp_path)
-    assert [c["key"] for c in t["columns"]] == ["aime24", "aime25", "amc23", "math500"]
+    # per set: the paper rule's acc_paper (compared with the paper), then math-verify's acc beside it
+    assert [c["key"] for c in t["columns"]] == [
+        f"{s}{x}" for s in ("aime24", "aime25", "amc23", "math500") for x in ("", "_mv")
+    ]
+    assert [c["metric"] for c in t["columns"]][:2] == ["acc_paper", "acc"]
     base = t["conditions"]["t2_base"]
+    assert base["metrics"]["aime24"] == pytest.approx(0.55)
+    assert base["metrics"]["aime24_mv"] == pytest.approx(0.55 + MV_OFFSET)
     assert base["paper"]["aime24"] == pytest.approx(0.5479)
+    assert base["paper"]["aime24_mv"] is None and base["diff"]["aime24_mv"] is None  # never compared
     assert base["diff"]["aime24"] == pytest.approx(0.55 - 0.5479)
     assert base["stats"]["aime24"] == {
         "task": "sd_aime24",
-        "metric": "acc",
+        "metric": "acc_paper",
         "n_problems": 30,
         "k": 16,
         "step": None,
@@ -69,6 +85,9 @@ def test_table2_paper_scale_ours_paper_diff(tmp_path):
     assert t["conditions"]["t2_sft_unguided"]["paper"]["amc23"] == pytest.approx(0.8766)
     paths = tables.write_table(t, tmp_path / "out", provenance=provenance.collect())
     md = paths["md"].read_text()
+    header = md.splitlines()[2]
+    assert "AIME24 ours" in header and "AIME24 math-verify" in header
+    assert "AIME24 math-verify ours" not in header  # the math-verify column has no paper / diff columns
     assert "| SFT on solution-guided traces" in md and "20.00" in md and "20.21" in md and "-0.21" in md
     tex = paths["tex"].read_text()
     assert "\\toprule" in tex and "\\caption{SFT on correct traces" in tex and "\\%" in tex
@@ -97,6 +116,7 @@ def test_smoke_columns_are_data_driven(tmp_path):
     assert t["conditions"]["t2_sft_guided"]["paper"] == {"toy_id": None, "toy_ood": None}
     md = tables.to_markdown(t)
     assert "toy_ood" in md and "33.0" in md  # acc shown in percent
+    assert "math-verify" not in md  # toy tables: unchanged, one acc column per task
 
 
 def test_latest_step_wins_and_extra_conditions_kept(tmp_path):
@@ -106,7 +126,9 @@ def test_latest_step_wins_and_extra_conditions_kept(tmp_path):
     r = tables.make_result("my_extra", "sd_ood_math", {"acc": 0.5}, n_problems=171, k=16)
     tables.write_json_atomic(tmp_path / "extra.json", r)
     t = tables.build_table(3, tables.find_results(tmp_path), scale="smoke")
-    assert t["conditions"]["cov_d8_sdpo"]["metrics"]["ood_acc"] == 0.3
+    # results with math-verify's acc only (no acc_paper): the math-verify column alone
+    assert next(c["key"] for c in t["columns"] if c["task"] == "sd_ood_math") == "ood_acc_mv"
+    assert t["conditions"]["cov_d8_sdpo"]["metrics"]["ood_acc_mv"] == 0.3
     assert "my_extra" in t["conditions"]
     assert t["descriptive"]["rows"][2]["dataset"] == "DAPO-Math-17k"
     assert "SciKnowEval" in tables.to_markdown(t)
@@ -226,3 +248,23 @@ def test_provenance_collect_and_stamp():
     }
     assert "provenance" in r and r["provenance"] == {}  # the input is not modified
     tables.validate_result(s)
+
+
+def test_condition_kind_comes_from_its_results():
+    results = [
+        tables.make_result("t2_base", "sd_toy_id", {"acc": 0.4}, n_problems=8, k=2) | {"kind": "eval"},
+        tables.make_result("t2_sft_guided", "sd_toy_id", {"acc": 0.3}, n_problems=8, k=2),
+    ]
+    t = tables.build_table(2, results, scale="smoke")
+    assert t["conditions"]["t2_base"]["kind"] == "eval"
+    assert "kind" not in t["conditions"]["t2_sft_guided"]  # not stated: check falls back to the manifest
+
+
+def test_table3_ood_column_is_the_paper_rule_when_measured(tmp_path):
+    r = tables.make_result(
+        "cov_d8_sdpo", "sd_ood_math", {"acc_paper": 0.31, "acc": 0.33}, n_problems=171, k=16
+    )
+    t = tables.build_table(3, [r], scale="paper")
+    row = t["conditions"]["cov_d8_sdpo"]
+    assert row["metrics"]["ood_acc"] == 0.31 and row["metrics"]["ood_acc_mv"] == 0.33
+    assert row["stats"]["ood_acc"]["metric"] == "acc_paper"

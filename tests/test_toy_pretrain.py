@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sd_bench.atomic import OutputPathError
 from sd_bench.prompts import render
 from sd_bench.toy import BASE_DIR, world
 from sd_bench.toy.model import build_model
@@ -59,3 +62,30 @@ def test_committed_base_loads_and_is_small():
     tok = AutoTokenizer.from_pretrained(BASE_DIR)
     assert model.config.model_type == "qwen3" and model.config.head_dim >= 32
     assert model.config.vocab_size == len(tok)
+
+
+def test_bad_pretrain_inputs_fail_before_any_training(tmp_path):
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sd_bench.cli",
+            "toy",
+            "pretrain",
+            "--steps",
+            "0",
+            "--output",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "argument --steps: must be >= 1, got 0" in bad.stderr, bad.stderr
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not sd-bench's")
+    with pytest.raises(OutputPathError, match="not empty"):
+        pretrain(foreign, steps=5, log=lambda *_: None)
+    assert (foreign / "notes.txt").read_text() == "not sd-bench's"
+    assert (BASE_DIR / ".sd-bench-output").is_file()  # the committed base may be rebuilt in place

@@ -48,6 +48,28 @@ def test_toy_group_runs_with_the_toy_grader(toy_run):
         assert res[task]["epistemic_count,none"] == pytest.approx(waits)
         assert res[task]["marker_wait,none"] == pytest.approx(waits)
         assert "response_tokens,none" in res[task]
+        # one toy grader under both rules; unbiased pass@1 is avg@k; majority vote over the extracted answers
+        assert res[task]["acc_paper,none"] == res[task]["acc,none"]
+        assert res[task]["pass_at_k_paper,none"] == res[task]["pass_at_k,none"]
+        assert res[task]["pass_at_1,none"] == pytest.approx(acc)
+        assert res[task]["maj_at_k,none"] == pytest.approx(_majority_accuracy(samples[task]))
     all_text = " ".join(r for t in samples for s in samples[t] for r in s["filtered_resps"][0])
     assert "A:" in all_text  # the base answers in the toy format
     assert "sd_toy" in res and "acc,none" in res["sd_toy"]
+    group_mean = (res["sd_toy_id"]["acc_paper,none"] + res["sd_toy_ood"]["acc_paper,none"]) / 2
+    assert res["sd_toy"]["acc_paper,none"] == pytest.approx(group_mean)
+
+
+def _majority_accuracy(task_samples) -> float:
+    """maj@k from its definition: per problem, the answer given most often (first seen wins a tie;
+    unanswered responses do not vote) is graded."""
+    hits = []
+    for s in task_samples:
+        answers = [world.extract_answer(r) for r in s["filtered_resps"][0]]
+        answers = [a for a in answers if a is not None]
+        if not answers:
+            hits.append(0.0)
+            continue
+        best = max(answers, key=lambda a: (answers.count(a), -answers.index(a)))
+        hits.append(float(world.grade_toy(f"A:{best}", s["doc"]["answer"]).correct))
+    return sum(hits) / len(hits)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -109,3 +111,23 @@ def test_mixture_and_hinted_formats():
         assert t.hint == str(s) and t.response.startswith(f"A:{s}") and t.response.endswith(f"A:{s}")
     corrected = [t for t in plain if t.response.count(world.WAIT) > 1]
     assert corrected, "step errors are caught with a second wait"
+
+
+def _imports_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(m for m in sys.modules if m.startswith('sd_bench')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_toy_grader_is_found_by_problem_kind_without_an_import_cycle():
+    """Issue 13, layering: the math checker never imports the toy world, the toy world never imports the
+    math checker; `sd_bench.grading` finds `grade_toy` by problem kind "toy" when a toy response is graded."""
+    assert "sd_bench.toy.world" not in _imports_after("import sd_bench.answer")
+    assert "sd_bench.answer" not in _imports_after("import sd_bench.toy.world")
+    toy = _imports_after("import sd_bench.toy.cli, sd_bench.toy.pretrain, sd_bench.toy.model")
+    assert not [m for m in toy if m.startswith(("sd_bench.reproduce", "sd_bench.train"))]  # a world, no stack
+    from sd_bench import grading
+
+    for response, gold in (("A:112wait12+34=46;46+56=102;A:102", "102"), ("A:112", "102")):
+        assert grading.grade("toy", response, gold) == world.grade_toy(response, gold)
+        assert grading.grade("toy", response, gold, rule="paper") == world.grade_toy(response, gold)

@@ -86,3 +86,88 @@ def test_wrong_type_and_bad_value_name_file_and_field(tmp_path):
         load_config("sdpo", overrides=["loss.alpha=1.5"])
     with pytest.raises(ConfigError, match="unknown recipe `sdpoo`.*did you mean `sdpo`"):
         load_config("sdpoo")
+
+
+# ---------------------------------------------------------------- the learning-rate schedule (issue 12 rule 7)
+
+
+def _lrs(warmup: int, steps: int, lr: float = 1e-5) -> list[float]:
+    """The lr each training step trains at, read from the real scheduler stepped once per training step."""
+    import torch
+
+    from sd_bench.train.runtime import build_optimizer, build_scheduler
+
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], lr, 0.01, [0.9, 0.999])
+    sched = build_scheduler(opt, warmup)
+    out = []
+    for _ in range(steps):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 3, 10])
+def test_warmup_is_verls_constant_schedule_with_warmup(warmup):
+    """Closed form of verl/utils/torch_functional.py get_constant_schedule_with_warmup: step s (0-based) trains
+    at lr * s / warmup while s < warmup, then lr; so step 0 trains at lr 0. Warmup 10: 0, 0.1, ..., 0.9, 1, 1."""
+    lr = 1e-5
+    reference = [lr * (s / warmup if s < warmup else 1.0) for s in range(14)]
+    assert _lrs(warmup, 14, lr) == pytest.approx(reference, abs=1e-20)
+    if warmup == 10:
+        assert _lrs(10, 12, 1.0) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1])
+
+
+def test_scheduler_resumes_mid_warmup():
+    import torch
+
+    from sd_bench.train.runtime import build_optimizer, build_scheduler
+
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], 1.0, 0.0, [0.9, 0.999])
+    sched = build_scheduler(opt, 10)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    again = build_scheduler(build_optimizer([torch.nn.Parameter(torch.zeros(2))], 1.0, 0.0, [0.9, 0.999]), 10)
+    again.load_state_dict(sched.state_dict())
+    assert again.get_last_lr()[0] == pytest.approx(0.4)
+
+
+def test_the_paper_recipes_warm_up_over_10_steps():
+    for recipe in ("sdpo", "grpo", "sft"):
+        assert load_config(recipe, scale="paper").optim.warmup_steps == 10
+    assert load_config("sdpo", scale="smoke").optim.warmup_steps == 0  # 2 steps: no step at lr 0
+
+
+def test_a_run_shorter_than_its_warmup_gets_one_warning(tmp_path):
+    from sd_bench.train.cli import start_lines
+    from sd_bench.train.runtime import warmup_warning
+
+    assert warmup_warning(11, 10) is None and warmup_warning(100, 10) is None and warmup_warning(1, 0) is None
+    text = warmup_warning(10, 10)
+    assert "10 training step(s)" in text and "optim.warmup_steps=10" in text and "90%" in text
+    cfg = load_config("sdpo", scale="smoke", overrides=["optim.warmup_steps=10", "run.max_steps=5"])
+    lines = start_lines(cfg, "sdpo", "smoke", tmp_path, None, explicit_scale=True)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "40%" in warnings[0]  # step 4 of 10 is the last: 4/10 of the lr
+
+
+# ---------------------------------------------------------------- sampling epochs
+
+
+def test_take_within_epoch_draws_each_item_once_per_epoch():
+    """SFT epochs (issue 8): 6 traces, batches of 4 -> [4, 2] per epoch, each trace once per epoch."""
+    from sd_bench.train.runtime import Sampler
+
+    sampler = Sampler(6, seed=0)
+    batches = [sampler.take_within_epoch(4) for _ in range(6)]
+    assert [len(b) for b in batches] == [4, 2, 4, 2, 4, 2]
+    for epoch in range(3):
+        assert sorted(batches[2 * epoch] + batches[2 * epoch + 1]) == list(range(6))
+    assert batches[0] + batches[1] != batches[2] + batches[3]  # reshuffled per epoch
+    small = Sampler(3, seed=1)
+    assert sorted(small.take_within_epoch(32)) == [0, 1, 2]  # fewer traces than a batch: each once
+    # resumable: a new sampler loaded with the state continues the same sequence
+    again = Sampler(6, seed=0)
+    again.load_state_dict({"epoch": 0, "position": 4})
+    assert again.take_within_epoch(4) == batches[1] and again.take_within_epoch(4) == batches[2]

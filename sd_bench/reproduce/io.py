@@ -1,4 +1,4 @@
-"""What every `sd-bench reproduce` stage reads and writes, whatever the scale (smoke.py, full.py).
+"""What every `sd-bench reproduce` stage reads and writes, whatever the scale (stages.py).
 
 One place for the file formats stages hand to each other, so the toy world and the real models produce the
 same shapes: JSONL rows (traces, probes, per-sample logs), the JSON-safe part of lm-eval's return, per-sample
@@ -46,6 +46,22 @@ def lm_eval_summary(res: dict) -> dict:
     }
 
 
+def quiet_progress() -> None:
+    """Third-party progress bars off under `reproduce` (transformers' weight loading, datasets, lm-eval's
+    document building: a bare `tqdm(docs)` in lm_eval.api.task); sd-bench's own display and lm-eval's
+    request bar stay. Called where those libraries are imported anyway (no import cost for reused runs)."""
+    import functools
+
+    import datasets
+    import lm_eval.api.task as lm_task
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    if not isinstance(lm_task.tqdm, functools.partial):
+        lm_task.tqdm = functools.partial(lm_task.tqdm, disable=True)
+
+
 def lm_eval_run(*, seed: int, **kwargs) -> tuple[dict, float]:
     """`lm_eval.simple_evaluate(**kwargs)` as every stage calls it: per-sample logs on (markers, samples
     files), no bootstrap (the tables carry their own statistics), python / numpy / torch / few-shot seeds all
@@ -54,6 +70,7 @@ def lm_eval_run(*, seed: int, **kwargs) -> tuple[dict, float]:
 
     import lm_eval
 
+    quiet_progress()
     t0 = time.monotonic()
     res = lm_eval.simple_evaluate(
         log_samples=True,
@@ -100,8 +117,9 @@ def probe_metrics(rows: list[dict], counts: list[dict[str, int]], epistemic_key:
     from sd_bench.markers import MARKERS
 
     n = len(rows)
-    return {
-        "acc": sum(r["correct"] for r in rows) / n,
+    return {  # acc: math-verify (sd-bench's rule), acc_paper: the paper's rule (`correct`), as lm-eval's tasks
+        "acc": sum(r.get("correct_math_verify", r["correct"]) for r in rows) / n,
+        "acc_paper": sum(r["correct"] for r in rows) / n,
         "response_tokens": sum(r["tokens"] for r in rows) / n,
         "epistemic_count": sum(r[epistemic_key] for r in rows) / n,
         **{f"marker_{m}": sum(c[m] for c in counts) / n for m in MARKERS},
@@ -134,6 +152,16 @@ def probe_result(
         provenance={"samples": source},
     )
     return provenance.stamp(result, k=k, **run)
+
+
+def trainer_args(overrides: dict) -> list[str]:
+    """Trainer overrides -> `key=value` arguments the trainer's YAML parser reads back to the same values
+    (None -> null, booleans -> true/false)."""
+
+    def text(v):
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [f"{k}={text(v)}" for k, v in overrides.items()]
 
 
 def run_trainer(recipe: str, output: Path, args: list[str], *, scale: str, resume: bool = False) -> None:

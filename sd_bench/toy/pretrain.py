@@ -132,6 +132,9 @@ def pretrain(
 
     from sd_bench.toy.model import build_model
 
+    if steps < 1:
+        raise ValueError(f"toy pretrain: steps must be >= 1, got {steps}")
+    atomic.check_output_dir(output)  # a folder sd-bench did not write is refused now, not at the first save
     if threads:
         torch.set_num_threads(threads)
     tok = build_tokenizer()

@@ -1,10 +1,12 @@
 """The miniature world: sums of two-digit numbers, with a "gut" answer that a wait hedges.
 
 Why this design (issue 5, "design facts"): the paper's effect needs a model whose epistemic token is a *real*
-hedge. Here the one-shot "gut" sum of n two-digit numbers is beyond a 1M-parameter model (about 10% right),
-while the step-by-step re-derivation after `wait` is within reach (about 55-60% right). A teacher that sees
-a correct solution never hedges, so distilling it removes the hedge and with it the accuracy. A design in
-which errors are imitated per-step noise did not show the effect (prototype finding).
+hedge. Here the one-shot "gut" sum of n two-digit numbers is beyond a 1M-parameter model, while the
+step-by-step re-derivation after `wait` is within reach: the committed base (sd_bench/toy/README.md, "The
+committed base"; lm-eval `sd_toy_id` / `sd_toy_ood`, 256 problems x 4 samples) gets the gut answer right 18%
+of the time on 3-4 terms and 6% on 5-6, the answer after a wait 76% and 63%, for an accuracy of 0.45 / 0.39.
+A teacher that sees a correct solution never hedges, so distilling it removes the hedge and with it the
+accuracy. A design in which errors are imitated per-step noise did not show the effect (prototype finding).
 
 Text formats (characters; `wait` is one token, see `tokenizer.py`):
 
@@ -15,7 +17,8 @@ Text formats (characters; `wait` is one token, see `tokenizer.py`):
     response                A:112wait12+34=46;46+56=102;A:102      (the LAST `A:` is graded)
 
 Splits: in-domain (ID) n in {3, 4}; out-of-distribution (OOD) n in {5, 6}; pretraining n in {2..6}.
-Pure Python (no torch): lm-eval scoring imports `grade_toy`.
+Pure Python (no torch): `sd_bench.grading` finds `grade_toy` by problem kind "toy" (the math checker,
+`sd_bench.answer`, never imports this module).
 """
 
 from __future__ import annotations
@@ -24,19 +27,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from sd_bench.grading import Grade  # the registry finds `grade_toy` by problem kind "toy" (no import cycle)
 from sd_bench.problems import Problem
-
-try:  # the project's grade record, when sd_bench/answer.py is present
-    from sd_bench.answer import Grade
-except ImportError:  # pragma: no cover - answer.py is written by another module owner
-
-    @dataclass(frozen=True)
-    class Grade:  # type: ignore[no-redef]
-        """Same fields as `sd_bench.answer.Grade`."""
-
-        correct: bool
-        extracted: str | None
-
 
 WAIT = "wait"  # the epistemic token; its text is the paper's first marker so E(y) counts it
 ID_N = (3, 4)

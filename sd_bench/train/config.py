@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,15 @@ class ConfigError(ValueError):
 class ModelConfig:
     # hub id or local folder; "tiny" builds sd_bench.tiny_model into <output>/tiny-model (smoke scale)
     path: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
-    dtype: str = "bfloat16"  # float32 | bfloat16; parameters and compute (log-softmax is always fp32)
+    # compute dtype of every forward/backward, and the dtype of final/ (log-softmax is always fp32)
+    dtype: str = "bfloat16"  # float32 | bfloat16
+    # dtype of the weights that train (full FT: the whole model; LoRA: the adapters over a `dtype` base), of
+    # AdamW's state, the EMA teacher and checkpoint-*/ (so resume is exact). Paper: float32 masters with bf16
+    # compute [verl/workers/fsdp_workers.py: actor in fp32, FSDP MixedPrecision(param=bf16, reduce=fp32)].
+    # = dtype: no master copy (pure bf16 AdamW: at lr 1e-6 most updates round away; not the paper)
+    master_dtype: str = "float32"  # float32 | bfloat16
+    # liger-kernel's fused RMSNorm / RoPE / SwiGLU (CUDA, `pip install liger-kernel`); not in the paper
+    liger: bool = False
     finetune: str = "full"  # full | lora (the paper fine-tunes fully)
     lora_rank: int = 64
     lora_alpha: int = 128
@@ -49,9 +58,21 @@ class DataConfig:
     # arithmetic problems), or a JSONL of {id, question|prompt, answer, solution} (SFT: {prompt|question, response})
     name: str = "dapo_math_17k"
     max_problems: int | None = None  # keep only the first N (after loading, before shuffling)
-    # reward: "grade" = sd_bench.answer.grade (math-verify, the paper); "contains_answer" = 1 when the gold
-    # answer string occurs in the response: a SMOKE-TEST reward so a random tiny model gets some successes
-    reward: str = "grade"
+    # false (the paper): train on the file's rows as they are, repeats included, sampled at random (verl
+    # RLHFDataset + RandomSampler over data/math/train.parquet = the Hub's dapo-math-17k.parquet, whose
+    # rows repeat each problem ~100 times). true: one row per distinct problem (sd_bench.data.parse_dapo)
+    dedupe: bool = False
+    # drop problems whose chat-rendered prompt (template + generation prompt) is longer than this many
+    # tokens (null = keep all); paper: verl data.max_prompt_length 2048 with filter_overlong_prompts true
+    # (verl/trainer/config/user.yaml; verl/utils/dataset/rl_dataset.py maybe_filter_out_long_prompts)
+    max_prompt_tokens: int | None = 2048
+    # reward (sd_bench.train.onpolicy.reward): "paper" = the paper's training reward for math problems
+    # (sd_bench.reward.paper_reward: the last \\boxed{ within the last 100 characters, equal to the gold or
+    # math-verify-equal; verl/utils/reward_score/feedback/math.py), other kinds (toy) by their own checker
+    # (sd_bench.grading); "grade" = sd-bench's evaluation checker (sd_bench.grading, math-verify after the
+    # last </think>; an option); "contains_answer" = 1 when the gold answer string occurs in the response:
+    # a SMOKE-TEST reward so a random tiny model gets some successes
+    reward: str = "paper"
 
 
 @dataclass
@@ -61,7 +82,21 @@ class RolloutConfig:
     n: int = 8
     temperature: float = 1.0  # paper: rollout temperature 1.0
     top_p: float = 1.0
+    # keep only the k most probable tokens before top-p (vLLM's / HF's order); null = off. Paper training:
+    # verl's rollout default top_k -1 (off); its Table 1 probes use 20 (sd_bench.reproduce)
+    top_k: int | None = None
     max_new_tokens: int = 20480  # paper: max response 20,480
+    # rollout.backend=vllm only (sd_bench.train.rollout_vllm). Fraction of each GPU vLLM may take (weights +
+    # KV cache) beside the trainer [paper: verl rollout.yaml gpu_memory_utilization 0.5; sdpo.yaml keeps it]
+    gpu_memory_utilization: float = 0.5
+    # vLLM's context (prompt + response); null = the model's max_position_embeddings (smaller = less KV cache)
+    max_model_len: int | None = None
+    # free vLLM's weights and KV cache between rollouts (vLLM sleep mode, level 1; the paper's verl frees the
+    # KV cache the same way: rollout.yaml free_cache_engine true). GPU only: on CPU a no-op with one note
+    vllm_sleep: bool = False
+    # LoRA into vLLM: adapter = load the trained adapter each sync (LoRARequest; the base loads once) |
+    # merge = W + s B A fed as dense weights (no LoRA kernels; needs no enable_lora)
+    vllm_lora_mode: str = "adapter"
 
 
 @dataclass
@@ -86,6 +121,18 @@ class LossConfig:
     chunk_size: int = 1024  # tokens per chunk of the [tokens, vocab] log-softmax
     clip_low: float = 0.2  # GRPO (paper 0.2 / 0.28)
     clip_high: float = 0.28
+    # GRPO dual clip: a negative-advantage token's loss is capped at -A * c (verl core_algos.py
+    # compute_policy_loss_vanilla, actor.yaml clip_ratio_c: 3.0); null = off
+    clip_ratio_c: float | None = 3.0
+    # seq_mean_token_mean (paper: verl dp_actor.py update_policy, one sequence per micro-batch, agg_loss
+    # token-mean, / gradient accumulation) = the mean over ALL rollouts of a mini-batch of each sequence's
+    # token-mean | token_mean (option: one token-mean over the mini-batch's tokens). sdpo and grpo
+    # (losses.aggregation_weights)
+    aggregation: str = "seq_mean_token_mean"
+    # rollout correction: token = multiply each token's loss by min(pi_old / pi_rollout, threshold) (paper:
+    # sdpo.yaml / baseline_grpo.yaml rollout_correction.rollout_is: token, rollout_is_threshold: 2.0) | none
+    rollout_is: str = "token"
+    rollout_is_threshold: float = 2.0
     # remedy (not in the paper): leave the tokens of epistemic markers (sd_bench.markers.MARKERS) out of the
     # SD loss (mask 0; the token-mean denominator is unchanged). sdpo only.
     exclude_markers: bool = False
@@ -101,7 +148,9 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
-    warmup_steps: int = 10  # linear warmup, then constant (verl's default schedule)
+    # lr x step/warmup_steps for steps 0..warmup_steps-1 (lr 0 at step 0), then constant: verl's
+    # get_constant_schedule_with_warmup with optim.lr_warmup_steps=10 (sd_bench.train.runtime.warmup_factor)
+    warmup_steps: int = 10
     mini_batch_size: int = 128  # prompts per optimizer update (paper 128 of 256 -> 2 updates per step)
     micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation); memory only
 
@@ -117,6 +166,7 @@ class RunConfig:
     max_seq_len: int = 32768  # sft only: longer traces are truncated on the right
     log_wandb: bool = False  # log to wandb / tensorboard when installed and enabled
     log_tensorboard: bool = False
+    log_trackio: bool = False  # trackio (local-first, offline): <output>/trackio unless TRACKIO_DIR is set
 
 
 @dataclass
@@ -145,12 +195,16 @@ class TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm": ("sdpo", "grpo", "sft"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.master_dtype": ("float32", "bfloat16", "float16"),
     "model.finetune": ("full", "lora"),
-    "data.reward": ("grade", "contains_answer"),
+    "data.reward": ("paper", "grade", "contains_answer"),
     "rollout.backend": ("hf", "vllm"),
+    "rollout.vllm_lora_mode": ("adapter", "merge"),
     "teacher.context": ("none", "answer", "reference_solution", "sibling", "sibling_nothink", "regenerated"),
     "teacher.mode": ("frozen", "ema", "live"),
     "loss.kind": ("jsd", "sampled_token"),
+    "loss.aggregation": ("seq_mean_token_mean", "token_mean"),
+    "loss.rollout_is": ("token", "none"),
     "distributed.strategy": ("auto", "ddp", "fsdp"),
 }
 
@@ -163,7 +217,8 @@ SCALES: dict[str, dict] = {
         "rollout": {"prompts_per_step": 2, "n": 4, "max_new_tokens": 24, "backend": "hf"},
         "teacher": {"max_prompt_tokens": 256, "regenerate_max_new_tokens": 24},
         "loss": {"top_k": 16, "chunk_size": 64},
-        "optim": {"mini_batch_size": 2, "micro_batch_size": 4, "warmup_steps": 1},
+        # no warmup: a 2-step run would otherwise spend its first step at lr 0
+        "optim": {"mini_batch_size": 2, "micro_batch_size": 4, "warmup_steps": 0},
         "run": {"max_steps": 2, "save_every": 1, "batch_size": 4, "max_seq_len": 256},
     },
     # Qwen3-1.7B (the paper's v3 model) on one GPU: shorter generations, smaller batch
@@ -192,8 +247,8 @@ def field_names(cls=TrainConfig, prefix: str = "") -> list[str]:
     return names
 
 
-def _closest(key: str) -> str:
-    valid = field_names()
+def _closest(key: str, root=None) -> str:
+    valid = field_names(root or TrainConfig)
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
     leaf = difflib.get_close_matches(key.split(".")[-1], [v.split(".")[-1] for v in valid], n=1, cutoff=0.6)
     if leaf:  # prefer a key whose last part matches (e.g. `lr` -> `optim.lr`)
@@ -232,8 +287,11 @@ def _check_type(value, annotation, where: str):
     raise ConfigError(f"{where}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
-def _merge(obj, values: dict, source: str, prefix: str = "") -> None:
-    """Set fields of dataclass `obj` from a nested dict, validating keys and types."""
+def _merge(obj, values: dict, source: str, prefix: str = "", root=None) -> None:
+    """Set fields of dataclass `obj` from a nested dict, validating keys and types. `root`: the dataclass
+    whose keys an unknown key is matched against (default: `obj`'s own type; sd_bench.reproduce.scale
+    edits its `Scale` with the same machinery)."""
+    root = root or type(obj)
     if not isinstance(values, dict):
         raise ConfigError(
             f"{source}: `{prefix.rstrip('.') or 'top level'}` must be a mapping, got {values!r}"
@@ -243,10 +301,10 @@ def _merge(obj, values: dict, source: str, prefix: str = "") -> None:
     for key, value in values.items():
         dotted = prefix + str(key)
         if key not in names:
-            raise ConfigError(f"{source}: unknown key `{dotted}`; did you mean `{_closest(dotted)}`?")
+            raise ConfigError(f"{source}: unknown key `{dotted}`; did you mean `{_closest(dotted, root)}`?")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, source, dotted + ".")
+            _merge(current, value, source, dotted + ".", root)
         else:
             setattr(obj, key, _check_type(value, hints[key], f"{source}: field `{dotted}`"))
 
@@ -266,8 +324,56 @@ def parse_override(item: str) -> tuple[str, object]:
     if "=" not in item:
         raise ConfigError(f"command line: override `{item}` is not key=value (e.g. optim.lr=1e-5)")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"command line `{item}`: the value is not valid YAML ({yaml_problem(exc)}); quote it, e.g. "
+            f"{key.strip()}='\"{raw}\"'"
+        ) from None
     return key.strip(), value
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def read_recipe(path: Path) -> dict:
+    """The recipe file's top-level mapping; an empty file, a list, bad YAML or non-UTF-8 bytes are one
+    ConfigError naming the file."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8"
+        ) from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
+    if tree is None:
+        raise ConfigError(
+            f"{path}: the recipe is empty; give at least `algorithm: sdpo|grpo|sft` (see recipes/*.yaml)"
+        )
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{path}: the recipe's top level must be a mapping of sections (algorithm, model, data, ...), "
+            f"got a {type(tree).__name__}"
+        )
+    return tree
+
+
+def apply_overrides(obj, items, source: str = "command line") -> None:
+    """`key=value` edits of any config dataclass `obj` (TrainConfig, sd_bench.reproduce.scale.Scale): the
+    same parsing, type checks and closest-key errors as a recipe's overrides."""
+    for item in items:
+        key, value = parse_override(item)
+        _merge(obj, _fix_numbers(_nest(key, value), type(obj)), f"{source} `{item}`")
 
 
 def _yaml_number(value):
@@ -319,10 +425,7 @@ def load_config(
     cfg = TrainConfig()
     if recipe is not None:
         path = resolve_recipe(str(recipe))
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        tree = read_recipe(path)
         _merge(cfg, _fix_numbers(tree), str(path))
         validate(cfg, str(path))
     if scale not in SCALES:
@@ -330,38 +433,108 @@ def load_config(
     _merge(cfg, SCALES[scale], f"scale preset `{scale}`")
     for item in overrides:
         key, value = parse_override(item)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"command line `{item}`: empty key; write key=value, e.g. optim.lr=1e-5")
         _merge(cfg, _fix_numbers(_nest(key, value)), f"command line `{item}`")
     validate(cfg, f"command line overrides {' '.join(overrides)}" if overrides else f"scale preset `{scale}`")
     return cfg
 
 
+# Allowed range of every numeric field, checked after every merge (text: what the error says). A nullable
+# field's null passes (its meaning is in the field's comment). New numeric fields: add a row; every float,
+# listed or not, must be finite.
+_GE1, _GE0, _GT0 = (lambda v: v >= 1, ">= 1"), (lambda v: v >= 0, ">= 0"), (lambda v: v > 0, "> 0")
+_UNIT = (lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+RANGES: dict[str, tuple] = {
+    "model.lora_rank": _GE1,
+    "model.lora_alpha": _GT0,
+    "model.lora_dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "data.max_problems": (_GE1[0], ">= 1 or null (all)"),
+    "data.max_prompt_tokens": (_GE1[0], ">= 1 or null (no filter)"),
+    "rollout.prompts_per_step": _GE1,
+    "rollout.n": _GE1,
+    "rollout.temperature": (_GT0[0], "> 0 (sampling; the paper trains at 1.0)"),
+    "rollout.top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rollout.top_k": (_GE1[0], ">= 1 or null (off)"),
+    "rollout.max_new_tokens": _GE1,
+    "rollout.gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1] (fraction of a GPU)"),
+    "rollout.max_model_len": (_GE1[0], ">= 1 or null (the model's context)"),
+    "teacher.ema_rate": _UNIT,
+    "teacher.max_prompt_tokens": _GE1,
+    "teacher.success_threshold": _UNIT,
+    "teacher.regenerate_max_new_tokens": (_GE1[0], ">= 1 or null (rollout.max_new_tokens)"),
+    "loss.alpha": _UNIT,
+    "loss.top_k": (_GE1[0], ">= 1 or null (full vocabulary)"),
+    "loss.is_clip": _GT0,
+    "loss.chunk_size": _GE1,
+    "loss.clip_low": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "loss.clip_high": _GE0,
+    "loss.marker_mass_threshold": (lambda v: 0.0 < v <= 1.0, "in (0, 1] or null (off)"),
+    "loss.rollout_is_threshold": _GT0,
+    "loss.clip_ratio_c": (lambda v: v > 1.0, "> 1 or null (off)"),
+    "optim.lr": _GT0,
+    "optim.weight_decay": _GE0,
+    "optim.grad_clip": _GT0,
+    "optim.warmup_steps": _GE0,
+    "optim.mini_batch_size": _GE1,
+    "optim.micro_batch_size": _GE1,
+    "run.max_steps": _GE1,
+    "run.save_every": _GE1,
+    "run.keep_checkpoints": (_GE1[0], ">= 1 or null (keep all)"),
+    "run.seed": _GE0,
+    "run.epochs": _GE1,
+    "run.batch_size": _GE1,
+    "run.max_seq_len": (lambda v: v >= 2, ">= 2"),
+}
+
+
+_DTYPE_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
+
+
+def _numbers(obj, prefix: str = ""):
+    """(dotted key, value) of every number in the config tree, lists element by element."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key + ".")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    yield f"{key}[{i}]", v
+
+
 def validate(cfg: TrainConfig, source: str) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express: choices, finite numbers, ranges, consistency. Each
+    failure is one ConfigError naming the field, its value and what is allowed."""
     for dotted, allowed in CHOICES.items():
-        value = get(cfg, dotted)
-        if value not in allowed:
+        value = get(cfg, dotted, None)
+        if value is not None and value not in allowed:
             raise ConfigError(f"{source}: field `{dotted}` = {value!r}; expected one of {', '.join(allowed)}")
-    positive = [
-        "rollout.n",
-        "rollout.prompts_per_step",
-        "rollout.max_new_tokens",
-        "optim.mini_batch_size",
-        "optim.micro_batch_size",
-        "run.max_steps",
-        "run.save_every",
-        "run.batch_size",
-        "loss.chunk_size",
-        "teacher.max_prompt_tokens",
-    ]
-    for dotted in positive:
-        if get(cfg, dotted) <= 0:
-            raise ConfigError(f"{source}: field `{dotted}` = {get(cfg, dotted)!r} must be > 0")
-    if not 0.0 <= cfg.loss.alpha <= 1.0:
-        raise ConfigError(f"{source}: field `loss.alpha` = {cfg.loss.alpha} must be in [0, 1]")
-    if not 0.0 <= cfg.teacher.ema_rate <= 1.0:
-        raise ConfigError(f"{source}: field `teacher.ema_rate` = {cfg.teacher.ema_rate} must be in [0, 1]")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"{source}: field `optim.lr` = {cfg.optim.lr} must be > 0")
+    for dotted, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: field `{dotted}` = {value} must be a finite number")
+    for dotted, (ok, allowed) in RANGES.items():
+        value = get(cfg, dotted, None)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{source}: field `{dotted}` = {value!r} must be {allowed}")
+    betas = cfg.optim.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(
+            f"{source}: field `optim.betas` = {betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]"
+        )
+    master = getattr(cfg.model, "master_dtype", None)
+    if master is not None and _DTYPE_BITS[master] < _DTYPE_BITS[cfg.model.dtype]:
+        raise ConfigError(
+            f"{source}: field `model.master_dtype` = {master!r} is narrower than `model.dtype` = "
+            f"{cfg.model.dtype!r}; the weights that train must be at least as precise as the compute "
+            f"(e.g. model.master_dtype=float32)"
+        )
+    if not cfg.model.path.strip():
+        raise ConfigError(f"{source}: field `model.path` is empty; give a Hugging Face repo id or a folder")
+    if not cfg.data.name.strip():
+        raise ConfigError(f"{source}: field `data.name` is empty; give a set name or a file")
     if cfg.algorithm != "sft" and cfg.rollout.prompts_per_step % cfg.optim.mini_batch_size:
         raise ConfigError(
             f"{source}: field `optim.mini_batch_size` = {cfg.optim.mini_batch_size} must divide "
@@ -372,16 +545,24 @@ def validate(cfg: TrainConfig, source: str) -> None:
             f"{source}: field `loss.alpha` must be 1.0 with loss.kind=sampled_token (reverse KL)"
         )
     if cfg.distributed.strategy == "fsdp" and cfg.model.finetune == "lora":
-        raise ConfigError(
-            f"{source}: field `distributed.strategy` = 'fsdp' is for full fine-tuning; with "
-            "model.finetune=lora use distributed.strategy=ddp (or auto)"
-        )
-    if cfg.loss.top_k is not None and cfg.loss.top_k <= 0:
-        raise ConfigError(f"{source}: field `loss.top_k` must be > 0 or null (full vocabulary)")
+        raise ConfigError(f"{source}: {FSDP_LORA_UNSUPPORTED}")
 
 
-def get(cfg, dotted: str):
+# One message for config validation and the engine's own guard (sd_bench.train.distributed.Engine).
+FSDP_LORA_UNSUPPORTED = (
+    "field `distributed.strategy` = 'fsdp' with model.finetune=lora is not supported; supported: "
+    "model.finetune=lora with distributed.strategy=ddp (or auto), model.finetune=full with "
+    "distributed.strategy=fsdp (or auto) or ddp; with model.finetune=lora use distributed.strategy=ddp"
+)
+
+_MISSING = object()
+
+
+def get(cfg, dotted: str, default=_MISSING):
+    """The value at a dotted key; `default` (when given) for a key the tree does not have."""
     for part in dotted.split("."):
+        if default is not _MISSING and not hasattr(cfg, part):
+            return default
         cfg = getattr(cfg, part)
     return cfg
 

@@ -35,9 +35,14 @@ single process would make on the whole mini-batch. Why each piece is here:
   `checkpoint-*/model/` stay plain HF folders; the optimizer state likewise (keyed by parameter name), and
   both are loaded back shard by shard on resume.
 
-FSDP2 runs on CPU with gloo in torch 2.13 (tests/test_train_multiprocess.py: 2 processes == 1). Not done:
-FSDP + LoRA (rejected by config validation), mixed-precision policies, CPU offload, HSDP, and vLLM rollouts
-under several processes (rollout_vllm reads `state_dict()`, which holds shards under FSDP): untested.
+- Mixed precision (float32 masters, bfloat16 compute; sd_bench.train.lm): FSDP2's `MixedPrecisionPolicy`
+  (`fully_shard_decoder`); DDP and one process: the cast hooks of `sd_bench.train.lm.cast_for_compute`.
+
+FSDP2 runs on CPU with gloo in torch 2.13, mixed precision included (tests/test_train_multiprocess.py:
+2 processes == 1). vLLM rollouts under several processes: one engine per rank, FSDP2 shards gathered one tensor
+at a time (sd_bench.train.rollout_vllm; tests/test_vllm_multiprocess.py: 2 processes == 1 on CPU). Not done:
+FSDP + LoRA (refused by config validation and by `Engine`, naming the supported combinations), CPU offload,
+HSDP.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ import types
 from dataclasses import dataclass, field
 
 import torch
+
+from sd_bench.train.lm import causal_lm, compute_dtype, hidden_forward, is_lora, remove_compute_cast
 
 
 @dataclass
@@ -92,6 +99,12 @@ def setup_distributed() -> Dist:
         device = torch.device("cpu")
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # `accelerate launch` with an FSDP config sets FSDP_CPU_RAM_EFFICIENT_LOADING=true by default, and then
+    # transformers' from_pretrained leaves the weights EMPTY on every local rank but 0 (modeling_utils:
+    # `is_fsdp_enabled() and not is_local_dist_rank_0()`), expecting accelerate's FSDP to broadcast them.
+    # sd-bench shards the model itself from the full copy each rank loads: switch that off.
+    if os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() in ("1", "true", "yes"):
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
     return Dist(rank=rank, world_size=world, device=device)
 
 
@@ -191,14 +204,7 @@ class HiddenStates(torch.nn.Module):
         self.inner = model
 
     def forward(self, input_ids, attention_mask):
-        from sd_bench.train.model import causal_lm
-
-        return _hidden_forward(causal_lm(self.inner), input_ids, attention_mask)
-
-
-def _hidden_forward(lm, input_ids, attention_mask):
-    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state, lm.get_output_embeddings().weight
+        return hidden_forward(causal_lm(self.inner), input_ids, attention_mask)
 
 
 def _sum_hook(process_group, bucket):  # no annotations: DDP checks them, and they are strings here
@@ -210,8 +216,14 @@ def _sum_hook(process_group, bucket):  # no annotations: DDP checks them, and th
 
 def fully_shard_decoder(lm: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: one unit per decoder layer + the root (embeddings, final norm, lm_head), gradients summed.
-    Expects the HF decoder-only layout (`lm.model.layers`: Qwen, Llama, Mistral, ...)."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    Expects the HF decoder-only layout (`lm.model.layers`: Qwen, Llama, Mistral, ...).
+
+    Mixed precision: when the weights are float32 masters computing in bfloat16 (sd_bench.train.lm), the
+    one-process cast hooks give way to FSDP2's `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`,
+    the paper's setting [verl/workers/fsdp_workers.py `_build_model_optimizer`: `MixedPrecision(param_dtype=
+    bf16, reduce_dtype=fp32, buffer_dtype=fp32)`]: weights gathered and cast to bf16 for each forward and
+    backward, gradients reduce-scattered in fp32 into the fp32 shards. Buffers are never cast by FSDP2."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     layers = getattr(getattr(lm, "model", None), "layers", None)
     if layers is None:
@@ -219,10 +231,15 @@ def fully_shard_decoder(lm: torch.nn.Module) -> torch.nn.Module:
             f"distributed.strategy=fsdp: {type(lm).__name__} has no `.model.layers`; "
             "use distributed.strategy=ddp"
         )
+    master, dtype = next(lm.parameters()).dtype, compute_dtype(lm)
+    remove_compute_cast(lm)  # FSDP's own hooks cast (they must see the shards, not casts of them)
+    policy = MixedPrecisionPolicy()  # no casts
+    if dtype != master:
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in layers:
-        fully_shard(layer)
-    lm.sd_hidden_states = types.MethodType(_hidden_forward, lm)
-    fully_shard(lm)
+        fully_shard(layer, mp_policy=policy)
+    lm.sd_hidden_states = types.MethodType(hidden_forward, lm)
+    fully_shard(lm, mp_policy=policy)
     register_fsdp_forward_method(lm, "sd_hidden_states")
     for m in _fsdp_modules(lm):
         m.set_gradient_divide_factor(1.0)  # a plain SUM: our losses are already divided by the global tokens
@@ -255,6 +272,10 @@ class Engine:
             )
             self.train_module.register_comm_hook(None, _sum_hook)
         elif self.strategy == "fsdp":
+            if is_lora(model):  # config validation refuses it first; this guards direct callers
+                from sd_bench.train.config import FSDP_LORA_UNSUPPORTED, ConfigError
+
+                raise ConfigError(f"Engine: {FSDP_LORA_UNSUPPORTED}")
             fully_shard_decoder(model)
         elif self.strategy != "none":
             raise ValueError(f"distributed.strategy: unknown engine {strategy!r} (auto | ddp | fsdp)")

@@ -3,8 +3,10 @@
 Paper: arXiv:2603.24472, PAPER.md "Training recipes". SDPO distils the same model under a richer context
 (the teacher, T) into the model under the plain prompt (the student, S) on the student's own sampled tokens:
 generalized JSD with alpha = 0.5 over the student's top-100 tokens plus one tail bucket, times an importance
-ratio clipped at 2, token-mean over the response tokens of samples that have a successful sibling.
-GRPO (the paper's baseline): mean-centred advantages (no std), clip 0.2 / 0.28, no KL, token-mean.
+ratio clipped at 2 and the rollout correction min(pi_old / pi_rollout, 2); per mini-batch, the mean over all
+rollouts of each sequence's token-mean (samples without a successful sibling count 0).
+GRPO (the paper's baseline): mean-centred advantages (no std), clip 0.2 / 0.28, dual clip 3, no KL, the same
+rollout correction and aggregation.
 
 Conventions follow lasgroup/SDPO (verl `compute_self_distillation_loss`) and TRL's
 `trl.experimental.sdpo.loss_utils`, which agree with each other:
@@ -18,8 +20,11 @@ Conventions follow lasgroup/SDPO (verl `compute_self_distillation_loss`) and TRL
     term and no lower bound). `logp_old` is the log-prob under the policy that sampled y_t: verl recomputes
     it with the trainer before the first mini-batch; passing the rollout engine's log-probs instead also
     absorbs the rollout-vs-trainer numerical gap into the same clipped correction.
-  * aggregation: token-mean, sum_t m_t l_t / sum_t m_t, where m_t = response mask x per-sample weight
-    (0 for samples without a successful sibling, so they contribute neither loss nor tokens).
+  * aggregation: L = sum_t m_t w_t l_t with m_t the token mask (response mask x per-sample weight x the
+    remedies' mask) and w_t the per-token weight. Default w_t = 1 / sum_t m_t (a token-mean); the trainer
+    passes `aggregation_weights(...)` (the paper's mean over ALL rollouts of each sequence's token-mean, or
+    the global token-mean) times `rollout_correction_weights(...)` (the paper's truncated IS min(pi_old /
+    pi_rollout, 2), verl rollout_corr_helper.py `compute_rollout_correction_weights`, rollout_is: token).
 
 Memory. At Qwen3's vocabulary (151,936) one sequence of 4,096 tokens has 0.6e9 logits (2.5 GB in fp32);
 `sd_loss_from_hidden` never materialises logits for more than one chunk of tokens. Per chunk it computes
@@ -219,6 +224,66 @@ def token_mean_denominator(mask: torch.Tensor, num_tokens: float | torch.Tensor 
     return mask.float().sum().clamp(min=1.0)
 
 
+def _loss_weights(mask: torch.Tensor, weight: torch.Tensor | None, num_tokens) -> torch.Tensor:
+    """m_t * w_t per token [N]: the caller's weights, or the token-mean's 1 / denominator."""
+    if weight is None:
+        return mask / token_mean_denominator(mask, num_tokens)
+    return mask * weight.detach().float().reshape(mask.shape)
+
+
+AGGREGATIONS = ("seq_mean_token_mean", "token_mean")
+
+
+def aggregation_weights(
+    lengths: list[int], aggregation: str, *, num_sequences: int, num_tokens: float, device=None
+) -> torch.Tensor:
+    """Per-token weights w_t [sum(lengths)] that turn sum_t m_t w_t l_t into a mini-batch's loss.
+
+    seq_mean_token_mean (the paper's effective rule): w_t = 1 / (|y_i| * B) for token t of sequence i, so
+        L = 1/B sum_{i in mini-batch} (1/|y_i|) sum_{t in y_i} m_t l_t,
+    B = `num_sequences`, EVERY rollout of the mini-batch on all processes, those without a loss (no
+    successful sibling, zero advantage) included as zeros. Paper: verl dp_actor.py `update_policy` runs
+    `ppo_micro_batch_size_per_gpu: 1` sequence per micro-batch, core_algos.py `agg_loss(token-mean)` over
+    that one sequence, times loss_scale_factor = 1 / gradient_accumulation (the local mini-batch's
+    sequence count), and FSDP averages over processes.
+    token_mean (an option; sd-bench's earlier rule, verl's token-mean over a whole mini-batch): w_t =
+        1 / `num_tokens`, the mini-batch's response tokens of the sequences that take part, all processes.
+    |y_i| counts every response token, so a remedy mask (m_t = 0) removes tokens without reweighting the
+    others, in both modes.
+    """
+    if aggregation == "seq_mean_token_mean":
+        if num_sequences < 1:
+            raise ValueError(f"aggregation_weights: num_sequences must be >= 1, got {num_sequences}")
+        parts = [torch.full((n,), 1.0 / (n * num_sequences)) for n in lengths if n]
+    elif aggregation == "token_mean":
+        parts = [torch.full((n,), 1.0 / max(float(num_tokens), 1.0)) for n in lengths if n]
+    else:
+        raise ValueError(f"losses: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    out = torch.cat(parts) if parts else torch.zeros(0)
+    return out.to(device) if device is not None else out
+
+
+def rollout_correction_weights(
+    logp_old: torch.Tensor, logp_rollout: torch.Tensor, threshold: float | None = 2.0
+) -> torch.Tensor:
+    """Truncated importance weights min(pi_old(y_t) / pi_rollout(y_t), threshold) per token, detached.
+
+    The paper's rollout correction (config/sdpo.yaml and baseline_grpo.yaml `rollout_correction.rollout_is:
+    token`, `rollout_is_threshold: 2.0`; verl rollout_corr_helper.py `compute_rollout_correction_weights`):
+    exp(clamp(log pi_old - log pi_rollout, -20, 20)), clipped above only, computed once per training step
+    from the trainer's recomputed old log-probs and the sampler's log-probs, multiplied into every token's
+    loss (SDPO and GRPO). threshold None: no correction (all ones).
+    """
+    if threshold is None:
+        return torch.ones_like(logp_old, dtype=torch.float32)
+    if threshold <= 0:
+        raise ValueError(f"losses: rollout_is_threshold must be > 0 or None, got {threshold}")
+    log_ratio = (logp_old.detach().float() - logp_rollout.detach().float().to(logp_old.device)).clamp(
+        -_LOG_RATIO_BOUND, _LOG_RATIO_BOUND
+    )
+    return log_ratio.exp().clamp(max=threshold)
+
+
 def sd_loss_from_logits(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -233,18 +298,21 @@ def sd_loss_from_logits(
     temperature: float = 1.0,
     sample_weight: torch.Tensor | None = None,
     num_tokens: float | torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dense self-distillation loss from logits [..., V] (small cases, tests, the reference).
 
-        L = sum_t m_t * rho_t * D_t / sum_t m_t
+        L = sum_t m_t * w_t * rho_t * D_t,    w_t = `weight` or 1 / sum_t m_t (token-mean)
         D_t = JSD_alpha(S_t, T_t) over the student's top-k + tail (or all of V when top_k is None),
               or, for mode="sampled_token", the surrogate whose gradient is
               (log S(y_t) - log T(y_t)) grad log S(y_t)
         rho_t = clipped_importance_ratio(log S(y_t), logp_old_t, is_clip)
         m_t = mask_t * sample_weight_b (samples with no successful sibling: weight 0)
 
-    token_ids / mask / logp_old have the logits' leading shape ([B, T] or [N]); sample_weight is [B].
-    Log-softmax in fp32; the teacher is detached. Returns (loss, stats) with KL estimates (see _STAT_KEYS).
+    token_ids / mask / logp_old / weight have the logits' leading shape ([B, T] or [N]); sample_weight is
+    [B]. `weight` (the caller's aggregation x rollout correction, a constant) replaces the token-mean
+    denominator, so num_tokens is then unused. Log-softmax in fp32; the teacher is detached. Returns
+    (loss, stats) with KL estimates (see _STAT_KEYS), means over the masked tokens.
     """
     _check_options(alpha, top_k, is_clip, mode, temperature)
     v = student_logits.shape[-1]
@@ -257,7 +325,7 @@ def sd_loss_from_logits(
     old = logp_old.reshape(-1) if logp_old is not None else None
     terms = _per_token_sd(s, t, token_ids.reshape(-1), alpha=alpha, top_k=top_k, mode=mode)
     ratio = clipped_importance_ratio(terms["logp_s"], old, is_clip)
-    loss = (terms["per_token"] * ratio * m).sum() / token_mean_denominator(m, num_tokens)
+    loss = (terms["per_token"] * ratio * _loss_weights(m, weight, num_tokens)).sum()
     stats = _finish_stats(_stat_sums(terms, ratio, old, is_clip, m), m.sum(), top_k, old, mode)
     return loss, stats
 
@@ -293,7 +361,7 @@ def _lse_inplace(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_max.squeeze(-1) + total.log(), total
 
 
-def _chunk_gathered(hs, w_s, ht, w_t, ids, m, old, denom, opts, buf_s=None, buf_t=None):
+def _chunk_gathered(hs, w_s, ht, w_t, ids, m, old, lw, opts, buf_s=None, buf_t=None):
     """One chunk, top-k or sampled-token mode: (loss, stat sums, d loss / d student logits [c, V] fp32).
 
     The loss depends on the student logits z only through lse(z), z[top-k ids] and z[y], so autograd runs
@@ -326,7 +394,7 @@ def _chunk_gathered(hs, w_s, ht, w_t, ids, m, old, denom, opts, buf_s=None, buf_
             ls_k = topk_leaf - lse_leaf.unsqueeze(-1)
         terms = _terms_from_gathered(ls_k, tok_leaf - lse_leaf, lt_k, tok_t, alpha=alpha, mode=mode)
         ratio = clipped_importance_ratio(terms["logp_s"], old, is_clip)
-        chunk_loss = (terms["per_token"] * ratio * m).sum() / denom
+        chunk_loss = (terms["per_token"] * ratio * lw).sum()
         grads = torch.autograd.grad(chunk_loss, leaves, allow_unused=True)
     sums = _stat_sums(terms, ratio, old, is_clip, m)
     g_lse, g_tok = (x if x is not None else torch.zeros_like(lse_s) for x in grads[:2])
@@ -337,7 +405,7 @@ def _chunk_gathered(hs, w_s, ht, w_t, ids, m, old, denom, opts, buf_s=None, buf_
     return chunk_loss.detach(), sums, z
 
 
-def _chunk_full_vocab(hs, w_s, ht, w_t, ids, m, old, denom, opts):
+def _chunk_full_vocab(hs, w_s, ht, w_t, ids, m, old, lw, opts):
     """One chunk, full-vocabulary JSD: autograd through the [c, V] log-probs (more [c, V] temporaries)."""
     alpha, _, is_clip, mode, temperature, _ = opts
     zt = _fp32_logits(ht, w_t, temperature)
@@ -345,7 +413,7 @@ def _chunk_full_vocab(hs, w_s, ht, w_t, ids, m, old, denom, opts):
         z = _fp32_logits(hs, w_s, temperature).requires_grad_(True)
         terms = _per_token_sd(z, zt, ids, alpha=alpha, top_k=None, mode=mode)
         ratio = clipped_importance_ratio(terms["logp_s"], old, is_clip)
-        chunk_loss = (terms["per_token"] * ratio * m).sum() / denom
+        chunk_loss = (terms["per_token"] * ratio * lw).sum()
         (g,) = torch.autograd.grad(chunk_loss, z)
     return chunk_loss.detach(), _stat_sums(terms, ratio, old, is_clip, m), g
 
@@ -354,7 +422,7 @@ class _FusedSDLoss(torch.autograd.Function):
     """Chunked SD loss; its gradients w.r.t. the student's hidden states and lm_head are formed in forward."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, token_ids, mask, logp_old, denom, opts):
+    def forward(ctx, h_s, w_s, h_t, w_t, token_ids, mask, logp_old, loss_weight, opts):
         _, top_k, _, mode, temperature, chunk = opts
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h_s) if need_h else None
@@ -368,18 +436,18 @@ class _FusedSDLoss(torch.autograd.Function):
         buf_t = torch.empty_like(buf_s) if gathered else None
         for start in range(0, h_s.shape[0], chunk):
             sl = slice(start, start + chunk)
-            m = mask[sl]
+            m, lw = mask[sl], loss_weight[sl]
             if not bool((m != 0).any()):
                 continue  # fully masked chunk: no loss, no gradient, no matmuls
             hs = h_s[sl].detach()
             old = logp_old[sl] if logp_old is not None else None
             if not gathered:
                 chunk_loss, sums_c, g = _chunk_full_vocab(
-                    hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old, denom, opts
+                    hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old, lw, opts
                 )
             else:
                 chunk_loss, sums_c, g = _chunk_gathered(
-                    hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old, denom, opts, buf_s, buf_t
+                    hs, w_s_d, h_t[sl].detach(), w_t_d, token_ids[sl], m, old, lw, opts, buf_s, buf_t
                 )
             loss += chunk_loss
             sums += sums_c
@@ -435,6 +503,7 @@ def sd_loss_from_hidden(
     temperature: float = 1.0,
     num_tokens: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The trainer's entry point: the SD loss of `sd_loss_from_logits`, chunked over tokens.
 
@@ -445,7 +514,8 @@ def sd_loss_from_hidden(
     token_ids [N] sampled tokens; mask [N] response mask times per-sample weight; logp_old [N] log-probs of
     the sampled tokens under the sampling policy (needed when is_clip is set). num_tokens: the token-mean
     denominator when it must span more than this call (gradient accumulation, data parallel); default
-    sum(mask).
+    sum(mask). weight [N]: per-token loss weights instead (`aggregation_weights` x
+    `rollout_correction_weights`); L = sum_t mask_t weight_t rho_t D_t.
 
     Peak extra memory is two [chunk_size, V] fp32 buffers (top-k and sampled-token modes; the full-vocabulary
     JSD needs a few more) plus the gradients of the inputs; chunk_size defaults to
@@ -460,6 +530,7 @@ def sd_loss_from_hidden(
         ("teacher_weight", teacher_weight, (v, hdim)),
         ("token_ids", token_ids, (n,)),
         ("mask", mask, (n,)),
+        *([("weight", weight, (n,))] if weight is not None else []),
     ):
         if tuple(x.shape) != shape:
             raise ValueError(f"sd_loss_from_hidden: {name} has shape {tuple(x.shape)}, expected {shape}")
@@ -467,11 +538,11 @@ def sd_loss_from_hidden(
         raise ValueError(f"sd_loss_from_hidden: logp_old has shape {tuple(logp_old.shape)}, expected {(n,)}")
     chunk = chunk_size or default_chunk_size(v, student_hidden.device)
     m = mask.float()
-    denom = token_mean_denominator(m, num_tokens)
+    lw = _loss_weights(m, weight, num_tokens)
     old = logp_old.float() if logp_old is not None else None
     opts = (alpha, top_k, is_clip, mode, temperature, chunk)
     loss, sums = _FusedSDLoss.apply(
-        student_hidden, student_weight, teacher_hidden, teacher_weight, token_ids, m, old, denom, opts
+        student_hidden, student_weight, teacher_hidden, teacher_weight, token_ids, m, old, lw, opts
     )
     return loss, _finish_stats(sums, m.sum(), top_k, old, mode)
 
@@ -527,32 +598,46 @@ def grpo_loss(
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.28,
+    clip_ratio_c: float | None = 3.0,
     num_tokens: float | torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip policy loss with clip-higher, no KL, token-mean (the paper's GRPO baseline).
+    """PPO-clip policy loss with clip-higher and dual clip, no KL (the paper's GRPO baseline).
 
-        r_t = exp(log pi(y_t) - log pi_old(y_t))
+        r_t = exp(clamp(log pi(y_t) - log pi_old(y_t), -20, 20))
         l_t = max(-A r_t, -A clip(r_t, 1 - clip_low, 1 + clip_high))
-        L   = sum_t m_t l_t / sum_t m_t
+        l_t = min(l_t, -A c)  where A < 0       (dual clip, c = clip_ratio_c = 3: bounds the loss of a
+                                                 negative-advantage token whose ratio ran away; None: off)
+        L   = sum_t m_t w_t l_t,  w_t = `weight` or 1 / sum_t m_t (token-mean)
 
-    logp_new / logp_old / mask: [B, T] or [N]; advantages: per token (same shape) or per sequence ([B] with
-    [B, T] inputs). Advantages and logp_old are treated as constants.
+    Paper: verl core_algos.py `compute_policy_loss_vanilla` (clip_ratio_c 3.0 in actor.yaml), the rollout
+    correction folded into `weight` as in SDPO. logp_new / logp_old / mask / weight: [B, T] or [N];
+    advantages: per token (same shape) or per sequence ([B] with [B, T] inputs). Advantages, logp_old and
+    weight are constants.
     """
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"losses: clip_ratio_c must be > 1 or None (dual clip off), got {clip_ratio_c}")
     adv = advantages.detach().float()
     if adv.dim() == logp_new.dim() - 1:
         adv = adv.unsqueeze(-1)
-    log_ratio = logp_new.float() - logp_old.detach().float()
+    log_ratio = (logp_new.float() - logp_old.detach().float()).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
     ratio = log_ratio.exp()
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    dual = torch.zeros_like(per_token, dtype=torch.bool)
+    if clip_ratio_c is not None:
+        bound = -adv * clip_ratio_c
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
     m = mask.float()
-    loss = (per_token * m).sum() / token_mean_denominator(m, num_tokens)
+    loss = (per_token * _loss_weights(m, weight, num_tokens)).sum()
     with torch.no_grad():
         total = m.sum().clamp(min=1e-12)
         is_clipped = (clipped > unclipped).float()
         stats = {
             "grpo/clip_frac": float((is_clipped * m).sum() / total),
+            "grpo/dual_clip_frac": float((dual.float() * m).sum() / total),
             "grpo/ratio": float((ratio * m).sum() / total),
             "grpo/kl_k1_old": float((-log_ratio * m).sum() / total),  # E[log pi_old - log pi] estimate
             "grpo/tokens": float(m.sum()),

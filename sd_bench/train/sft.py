@@ -1,7 +1,8 @@
 """Off-policy SFT on a traces file (Table 2: unguided D_ug vs solution-guided D_sg traces).
 
     for step in range(start, max_steps):
-        batch <- the sampler's next `run.batch_size` traces
+        batch <- the sampler's next `run.batch_size` traces of this epoch (an epoch's last batch is short:
+                 each trace is trained once per epoch, `run.epochs` times in all)
         loss  <- token-mean NLL of the response tokens (prompt tokens are context only), micro-batched
         backward (DDP / FSDP sum the gradients over processes) -> clip -> AdamW step; metrics.jsonl;
         checkpoint every `save_every`
@@ -13,13 +14,15 @@ The paper does not give its SFT recipe (PAPER.md, Table 2); recipes/sft.yaml doc
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 from sd_bench import markers
+from sd_bench.data import DataError
 from sd_bench.prompts import problem_prompt, render
 from sd_bench.train import checkpoint
-from sd_bench.train.config import TrainConfig
+from sd_bench.train.batching import chunks, response_hidden, save_final
+from sd_bench.train.config import ConfigError, TrainConfig
 from sd_bench.train.distributed import (
     Engine,
     clip_grad_norm,
@@ -29,7 +32,6 @@ from sd_bench.train.distributed import (
 )
 from sd_bench.train.losses import token_logprobs_from_hidden
 from sd_bench.train.model import load_model, resolve_model_path, trainable_parameters
-from sd_bench.train.onpolicy import chunks, response_hidden, save_final
 from sd_bench.train.runtime import (
     MetricsLog,
     Sampler,
@@ -39,37 +41,30 @@ from sd_bench.train.runtime import (
     peak_memory_mib,
     seed_everything,
     setup_distributed,
+    warmup_warning,
 )
+from sd_bench.train.training_data import read_jsonl, smoke_problems, text_field
 
 
 def load_traces(path: Path) -> list[dict]:
     """[{prompt, response}]: `prompt` is the user turn (a bare `question` gets the paper's instruction)."""
     if str(path) == "smoke":  # the smoke scale: the 8 built-in sums with their worked solutions as traces
-        from sd_bench.train.onpolicy import smoke_problems
-
         return [
             {"prompt": p.prompt, "response": f"<think>{p.solution}</think> {p.solution}"}
             for p in smoke_problems()
         ]
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"data.name={str(path)!r}: SFT needs a traces JSONL file of {{prompt, response}}"
+        raise DataError(
+            f"data.name={str(path)!r}: no such file; SFT needs a traces JSONL file of {{prompt, response}} "
+            "per line (data.name=PATH)"
         )
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if "response" not in rec or not ("prompt" in rec or "question" in rec):
-            raise ValueError(
-                f"{path}:{n}: a trace needs `response` and `prompt` or `question`, got {sorted(rec)}"
-            )
-        out.append(
-            {"prompt": rec.get("prompt") or problem_prompt(rec["question"]), "response": rec["response"]}
-        )
-    if not out:
-        raise ValueError(f"{path}: no traces")
+    for n, rec in read_jsonl(path, "trace"):
+        prompt = text_field(path, n, rec, "prompt", required=False)
+        question = None if prompt else text_field(path, n, rec, "question", "prompt")
+        response = text_field(path, n, rec, "response")
+        out.append({"prompt": prompt or problem_prompt(question), "response": response})
     return out
 
 
@@ -107,11 +102,19 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
     sampler = Sampler(len(traces), cfg.run.seed)
     B = cfg.run.batch_size
     if B % dist.world_size:
-        raise ValueError(
-            f"run.batch_size={B} must be divisible by the number of processes ({dist.world_size})"
+        raise ConfigError(
+            f"field `run.batch_size` = {B} must be divisible by the number of processes ({dist.world_size})"
         )
     steps_per_epoch = -(-len(traces) // B)
     max_steps = min(cfg.run.max_steps, steps_per_epoch * cfg.run.epochs)
+    if dist.main:
+        print(
+            f"data: {cfg.data.name} ({len(traces)} traces, {steps_per_epoch} steps per epoch of at most {B}, "
+            f"{max_steps} steps)",
+            file=sys.stderr,
+        )
+        if (warning := warmup_warning(max_steps, cfg.optim.warmup_steps)) is not None:
+            print(warning, file=sys.stderr)
 
     start = 0
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
@@ -127,14 +130,16 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         resume_step=start,
         wandb=cfg.run.log_wandb,
         tensorboard=cfg.run.log_tensorboard,
+        trackio=cfg.run.log_trackio,
     )
     from tqdm.auto import tqdm
 
     progress = tqdm(total=max_steps, initial=start, desc="sft", unit="step", disable=not dist.main)
-    local = B // dist.world_size
     for step in range(start, max_steps):
         timer = Timer()
-        indices = sampler.take(B)[dist.rank * local : (dist.rank + 1) * local]
+        drawn = sampler.take_within_epoch(B)  # the same draw on every process; split into contiguous shares
+        size = len(drawn)
+        indices = drawn[dist.rank * size // dist.world_size : (dist.rank + 1) * size // dist.world_size]
         batch = [
             encode(tokenizer, traces[i], cfg.model.template_kwargs, cfg.run.max_seq_len) for i in indices
         ]
@@ -142,7 +147,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         optimizer.zero_grad(set_to_none=False)
         loss_sum = 0.0
         micros = list(chunks(batch, cfg.optim.micro_batch_size))
-        count = engine.micro_batch_count(len(micros))  # equal on every rank (same local batch size)
+        count = engine.micro_batch_count(len(micros))  # the maximum over ranks (shares differ by <= 1)
         for k in range(count):
             micro = micros[k] if k < len(micros) else [([tokenizer.pad_token_id], [tokenizer.pad_token_id])]
             with engine.accumulate(sync=k == count - 1):
@@ -169,8 +174,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> Path:
         record = {
             "step": step + 1,
             "loss": dist.all_reduce_sum(loss_sum),
-            "response_tokens": tokens_global / B,
-            "epistemic_count": dist.all_reduce_sum(sum(markers.epistemic_count(x) for x in texts)) / B,
+            "response_tokens": tokens_global / size,
+            "epistemic_count": dist.all_reduce_sum(sum(markers.epistemic_count(x) for x in texts)) / size,
+            "epoch": sampler.epoch + 1,
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens_per_s": tokens_global / max(seconds, 1e-9),
