@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+from sd_bench import jsonl
 from sd_bench.markers import MARKERS, marker_counts
 
 
@@ -64,32 +65,12 @@ def marker_means(path: Path) -> dict:
     """{"responses": n, "markers": {marker: mean count per response}, "epistemic_count": mean E(y)}."""
     totals = dict.fromkeys(MARKERS, 0)
     n = 0
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise MarkersError(
-                        f"{path}:{line_no}: not a JSON line ({exc.msg}); pass lm-eval's samples_*.jsonl"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise MarkersError(
-                        f"{path}:{line_no}: a {type(record).__name__}, not a sample record "
-                        "(a JSON object with 'filtered_resps' or 'resps')"
-                    )
-                for text in _responses(record):
-                    n += 1
-                    for m, c in marker_counts(text).items():
-                        totals[m] += c
-    except UnicodeDecodeError as exc:
-        raise MarkersError(
-            f"{path}: not UTF-8 text (byte offset {exc.start}); pass lm-eval's samples_*.jsonl"
-        ) from None
-    except IsADirectoryError:
-        raise MarkersError(f"{path}: a folder, not a samples_*.jsonl file") from None
+    hint = "pass lm-eval's samples_*.jsonl (JSON objects with 'filtered_resps' or 'resps')"
+    for _, record in jsonl.records(path, MarkersError, hint=hint):
+        for text in _responses(record):
+            n += 1
+            for m, c in marker_counts(text).items():
+                totals[m] += c
     if n == 0:
         raise MarkersError(
             f"{path}: no responses (no 'filtered_resps' / 'resps' strings); was lm-eval run with --log_samples?"

@@ -11,7 +11,6 @@ matplotlib is imported inside the functions: `sd_bench.plots` itself stays cheap
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,16 +26,11 @@ LABELS = {
 
 def read_metrics(path: Path | str) -> list[dict]:
     """metrics.jsonl -> list of dicts (blank lines skipped; a bad line raises naming file and line)."""
-    path = Path(path)
+    from sd_bench import jsonl
+
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{i}: not a JSON object ({exc})") from None
-        if not isinstance(row, dict) or "step" not in row:
+    for i, row in jsonl.records(path, hint="a trainer's metrics.jsonl"):
+        if "step" not in row:
             raise ValueError(f"{path}:{i}: each line needs a 'step' field")
         rows.append(row)
     return rows

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sd_bench import jsonl
 from sd_bench.markers import MARKERS, marker_counts
 
 _RESULTS_FILE = re.compile(r"^results_(?P<stamp>.+)\.json$")
@@ -292,33 +293,26 @@ def read_docs(path: Path, task: str = "") -> list[Doc]:
     (`sd_toy_*`, `toy_probe`), whose answers only the toy checker reads."""
     default_kind = "toy" if task.startswith(("sd_toy", "toy_")) else "math"
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunError(f"{path}:{line_no}: not a JSON line ({exc})") from None
-            if task and rec.get("task", task) != task:  # a samples.jsonl shared by several tasks
-                continue
-            doc = rec.get("doc") or {}
-            responses = _flatten(rec.get("filtered_resps", rec.get("resps", [])))
-            docs.append(
-                Doc(
-                    doc_id=int(rec.get("doc_id", len(docs))),
-                    problem_id=str(doc.get("id", rec.get("doc_id", len(docs)))),
-                    answer=str(doc.get("answer", rec.get("target", ""))),
-                    kind=str(doc.get("kind") or default_kind),
-                    responses=responses,
-                    tokenizer=str(doc.get("tokenizer") or ""),
-                    logged={
-                        key: float(v)
-                        for key, v in rec.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool) and key != "doc_id"
-                    },
-                )
+    for _, rec in jsonl.records(path, RunError, hint="one lm-eval sample record per line"):
+        if task and rec.get("task", task) != task:  # a samples.jsonl shared by several tasks
+            continue
+        doc = rec.get("doc") or {}
+        responses = _flatten(rec.get("filtered_resps", rec.get("resps", [])))
+        docs.append(
+            Doc(
+                doc_id=int(rec.get("doc_id", len(docs))),
+                problem_id=str(doc.get("id", rec.get("doc_id", len(docs)))),
+                answer=str(doc.get("answer", rec.get("target", ""))),
+                kind=str(doc.get("kind") or default_kind),
+                responses=responses,
+                tokenizer=str(doc.get("tokenizer") or ""),
+                logged={
+                    key: float(v)
+                    for key, v in rec.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and key != "doc_id"
+                },
             )
+        )
     return docs
 
 

@@ -66,3 +66,19 @@ def test_unknown_parameter_count():
     assert count_parameters("tiny") is None and count_parameters("/nonexistent/model") is None
     launch = describe(cfg, 1)
     assert launch.train_state_gib_per_gpu is None and "memory unknown" in launch.line()
+
+
+def test_dry_run_shows_each_training_stage_launch():
+    """issue 10: `reproduce --scale paper --dry-run` names the launch of every train stage: processes (from
+    the launcher), strategy, rollouts and the training state per GPU."""
+    from sd_bench.reproduce import plan as P
+
+    launcher = "train.launcher=torchrun --nproc-per-node 4 -m sd_bench.cli train"
+    plan = P.build_plan(P.PlanRequest("table3", "paper", [launcher]))
+    trains = [s for s in plan.stages if s.kind == "train"]
+    assert trains and all(s.launch and s.launch.startswith("4 processes, strategy fsdp") for s in trains)
+    assert all("GiB/GPU training state" in s.launch for s in trains)
+    assert all(f"launch: {s.launch}" in P.render_plan(plan) for s in trains)
+    one = P.build_plan(P.PlanRequest("table2", "paper", []))
+    sft = [s for s in one.stages if s.kind == "train"]
+    assert sft and all(s.launch.startswith("1 process, strategy none, rollouts -") for s in sft)

@@ -73,5 +73,5 @@ def test_bad_metrics_file_names_the_line(tmp_path):
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: each line needs a 'step'"):
         plots.read_metrics(p)
     p.write_text('{"step": 0}\nnot json\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object"):
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
         plots.read_metrics(p)

@@ -20,8 +20,6 @@ from pathlib import Path
 from sd_bench.reproduce import plan as plan_mod
 from sd_bench.reproduce import scale as scale_mod
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
@@ -83,11 +81,6 @@ def quiet_third_party() -> None:
         logging.getLogger(name).addFilter(_DropRepeatedHints())
 
 
-def _baseline(target: str, scale: str) -> Path | None:
-    path = REPO_ROOT / "results" / scale / f"{target}.json"
-    return path if path.is_file() else None
-
-
 def run(args: argparse.Namespace) -> int:
     target = (
         "ablations"
@@ -128,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     files = [out_dir / o for o in plan.stages[-1].outputs]
     print("files: " + ", ".join(str(f) for f in files if f.exists()))
     if (out_dir / f"{target}.json").is_file():
-        base = _baseline(target, args.scale)
-        against = os.path.relpath(base) if base else f"results/{args.scale}/{target}.json"
+        base = plan_mod.REPO_ROOT / "results" / args.scale / f"{target}.json"
+        against = os.path.relpath(base) if base.is_file() else f"results/{args.scale}/{target}.json"
         print(f"check: sd-bench check {out_dir / (target + '.json')} --against {against}")
     return 0

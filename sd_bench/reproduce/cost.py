@@ -39,10 +39,8 @@ TASK_PROBLEMS = {
 H100_PEAK_FLOPS, MFU = 989e12, 0.35
 BYTES_PER_TOKEN = 4
 KEEP_FRACTION = 0.3  # share of problems solved 1-4 of 8 times (the paper kept 100 of ~330 visited)
-CPU_GEN_TPS, CPU_TRAIN_TPS = (
-    4000.0,
-    1500.0,
-)  # measured on the toy base, one core of a loaded 2-core machine: x0.5-1
+# measured on the toy base, one core of a loaded 2-core machine: x0.5-1
+CPU_GEN_TPS, CPU_TRAIN_TPS = 4000.0, 1500.0
 NOTES = {
     "gpu": [
         "estimates: sd_bench/reproduce/cost.py (H100, vLLM, 35% MFU; train stages from their TrainConfig)"
@@ -113,9 +111,13 @@ def estimate(stage, scale) -> None:
 def _train(stage, scale, args: list[str], toy: bool) -> None:
     """Price a train stage from the TrainConfig the trainer will load for it."""
     from sd_bench.train.config import load_config
+    from sd_bench.train.launch import describe, processes_from_launcher
 
     cfg = load_config(stage.recipe, scale=stage.params["preset"], overrides=args)
     pb = params_b(stage.model)
+    if not toy:  # issue 10: the launch each training stage gets (processes, engine, rollouts, memory per GPU)
+        launch = describe(cfg, processes_from_launcher(stage.params.get("launcher")), int(pb * 1e9))
+        stage.launch = launch.line()
     if cfg.algorithm == "sft":
         traces = scale.probe.traces
         kind = "guided" if "solution_guided" in str(cfg.data.name) else "dapo"

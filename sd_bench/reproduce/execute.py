@@ -59,11 +59,7 @@ def _code_identity() -> dict[str, Any]:
 
 def settings_of(stage: Stage, seed: int, input_fps: dict[str, str], code: dict) -> dict[str, Any]:
     """What made a stage, as plain JSON values (so a marker read back compares equal)."""
-    return json.loads(json.dumps(_settings(stage, seed, input_fps, code), sort_keys=True, default=str))
-
-
-def _settings(stage: Stage, seed: int, input_fps: dict[str, str], code: dict) -> dict[str, Any]:
-    return {
+    settings = {
         "kind": stage.kind,
         "model": stage.model_shown,
         "recipe": stage.recipe,
@@ -73,6 +69,7 @@ def _settings(stage: Stage, seed: int, input_fps: dict[str, str], code: dict) ->
         "inputs": input_fps,
         **code,
     }
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
 def fingerprint(settings: dict) -> str:
@@ -92,8 +89,7 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _short(value, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return text if len(text := repr(value)) <= width else text[: width - 3] + "..."
 
 
 def _marker(out_dir: Path, stage: Stage) -> Path:

@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from sd_bench import jsonl
+
 
 def jsonl_text(rows: Iterable[dict]) -> str:
     """One JSON object per line, keys sorted (stable bytes for the same rows)."""
@@ -21,15 +23,7 @@ def jsonl_text(rows: Iterable[dict]) -> str:
 
 def read_jsonl(path: Path | str) -> list[dict]:
     """Rows of a JSONL file; a bad line raises naming the file and line."""
-    path = Path(path)
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: not JSON ({exc})") from None
-    return rows
+    return [rec for _, rec in jsonl.records(path)]
 
 
 def lm_eval_summary(res: dict) -> dict:
@@ -111,9 +105,9 @@ def sample_rows(res: dict, tasks: Iterable[str]) -> dict[str, list[dict]]:
     return out
 
 
-def probe_metrics(rows: list[dict], counts: list[dict[str, int]], epistemic_key: str) -> dict[str, float]:
-    """Table 1's columns over graded responses: score (mean `correct`), length (mean `tokens`), E(y) (mean
-    `rows[i][epistemic_key]`) and the mean count of each marker (`counts[i]`: sd_bench.markers.marker_counts)."""
+def probe_metrics(rows: list[dict]) -> dict[str, float]:
+    """Table 1's columns over graded trace rows (stages.trace_row): score (mean `correct`), length (mean
+    `tokens`), E(y) (mean `epistemic_count`) and the mean count of each marker (`markers`)."""
     from sd_bench.markers import MARKERS
 
     n = len(rows)
@@ -121,22 +115,12 @@ def probe_metrics(rows: list[dict], counts: list[dict[str, int]], epistemic_key:
         "acc": sum(r.get("correct_math_verify", r["correct"]) for r in rows) / n,
         "acc_paper": sum(r["correct"] for r in rows) / n,
         "response_tokens": sum(r["tokens"] for r in rows) / n,
-        "epistemic_count": sum(r[epistemic_key] for r in rows) / n,
-        **{f"marker_{m}": sum(c[m] for c in counts) / n for m in MARKERS},
+        "epistemic_count": sum(r["epistemic_count"] for r in rows) / n,
+        **{f"marker_{m}": sum(r["markers"][m] for r in rows) / n for m in MARKERS},
     }
 
 
-def probe_result(
-    condition: str,
-    task: str,
-    rows: list[dict],
-    counts: list[dict[str, int]],
-    epistemic_key: str,
-    *,
-    k: int,
-    source: str,
-    **run,
-) -> dict:
+def probe_result(condition: str, task: str, rows: list[dict], *, k: int, source: str, **run) -> dict:
     """One Table 1 result file (schema sd-bench/result/v1): `probe_metrics` of one context's responses,
     the probe file as its source, stamped with provenance (`run`: provenance.stamp's model, data, seed...)."""
     from sd_bench import provenance, tables
@@ -146,7 +130,7 @@ def probe_result(
     result = tables.make_result(
         condition,
         task,
-        probe_metrics(rows, counts, epistemic_key),
+        probe_metrics(rows),
         n_problems=len({r["id"] for r in rows}),
         k=k,
         provenance={"samples": source},

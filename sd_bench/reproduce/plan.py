@@ -11,6 +11,7 @@ one function of its kind (stages.FUNCTIONS). The executor (execute.py) runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Stage:
     disk_gb: float = 0.0
     est_seconds: float | None = None  # wall time on the scale's device, for the progress display
     basis: dict[str, Any] = field(default_factory=dict)  # what the estimate was computed from (cost.py)
+    launch: str | None = None  # train stages on GPU: processes, strategy, rollouts, memory (train/launch.py)
     run: Any = None  # the stage function of `kind` (stages.FUNCTIONS), set by build_plan
 
     def __post_init__(self):
@@ -74,7 +76,7 @@ class Plan:
         return {
             "target": self.target,
             "scale": self.scale.name,
-            "settings": scale_mod.as_dict(self.scale),
+            "settings": dataclasses.asdict(self.scale),
             "gpu_hours": round(self.gpu_hours, 2),
             "disk_gb": round(self.disk_gb, 2),
             "notes": self.notes,
@@ -90,6 +92,7 @@ class Plan:
                     "gpu_hours": round(s.gpu_hours, 3),
                     "disk_gb": round(s.disk_gb, 3),
                     "basis": s.basis,
+                    "launch": s.launch,
                     "params": s.params,
                 }
                 for s in self.stages
@@ -136,7 +139,8 @@ def build_plan(req: PlanRequest) -> Plan:
         except ConfigError as exc:
             raise PlanError(f"stage '{st.name}': {exc}") from None
         st.run = stages.FUNCTIONS[st.kind]
-    plan.notes = [f"departure: {d}" for d in scale_mod.departures(sc)] + plan.notes + cost.NOTES[sc.device]
+    departures = [f"departure: {k}: {v}" for k, v in sc.departures.items()]  # field: why (scale.py)
+    plan.notes = departures + plan.notes + cost.NOTES[sc.device]
     return plan
 
 
@@ -166,7 +170,9 @@ def render_plan(plan: Plan) -> str:
         total,
         "",
     ]
-    lines += [f"{s.name}: {s.description}" for s in plan.stages]
+    lines += [
+        f"{s.name}: {s.description}" + (f"\n    launch: {s.launch}" if s.launch else "") for s in plan.stages
+    ]
     lines += [""] + [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

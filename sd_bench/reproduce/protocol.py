@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from sd_bench.reproduce.io import trainer_args
-from sd_bench.reproduce.plan import PlanError, Stage
+from sd_bench.reproduce.plan import REPO_ROOT, PlanError, Stage
 
 TRACES = {
     "traces_unguided": "traces/unguided.jsonl",
@@ -87,11 +87,8 @@ class Builder:
 
     def generate(self, name: str, entry, context: str, source: str, output: str, keep: str) -> Stage:
         what = "all samples" if keep == "all" else "the first correct, stored with the plain prompt"
-        hint = (
-            "the model's own correct response"
-            if self.s.hint_source == "own_response"
-            else "the reference solution"
-        )
+        own = self.s.hint_source == "own_response"
+        hint = "the model's own correct response" if own else "the reference solution"
         return self.add(
             Stage(
                 f"generate/{name}",
@@ -261,8 +258,6 @@ def guard_rules(scale, target: str) -> list[dict]:
     if not scale.guards:
         return []
     import yaml
-
-    from sd_bench.reproduce.plan import REPO_ROOT
 
     path = REPO_ROOT / scale.guards
     return (yaml.safe_load(path.read_text()) or {}).get(target, []) if path.is_file() else []

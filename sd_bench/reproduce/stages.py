@@ -35,8 +35,8 @@ from sd_bench.reproduce.io import (
     run_trainer,
     trainer_args,
 )
+from sd_bench.reproduce.plan import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # seed salts: each sampling stage draws its own streams (rollout.sample_seed(seed, salt, problem index))
 SALT = {"select": 1, "none": 2, "answer": 3, "s": 4, "s_nothink": 5, "y_r": 6}
 
@@ -363,8 +363,6 @@ def _evaluate_probe(ctx) -> None:
         p["condition"],
         p["task"],
         rows,
-        [r["markers"] for r in rows],
-        "epistemic_count",
         k=p["k"],
         source=ctx.stage.inputs[0],
         model=ctx.stage.model_shown,

@@ -344,14 +344,9 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 def read_recipe(path: Path) -> dict:
     """The recipe file's top-level mapping; an empty file, a list, bad YAML or non-UTF-8 bytes are one
     ConfigError naming the file."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8"
-        ) from None
+    from sd_bench.jsonl import decode_utf8
+
+    text = decode_utf8(path, path.read_bytes(), ConfigError)
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -88,8 +88,10 @@ def describe(cfg: TrainConfig, world_size: int, parameters: int | None = None) -
     strategy = resolve_strategy(cfg.distributed.strategy, cfg.model.finetune) if world_size > 1 else "none"
     if parameters is None:
         parameters = count_parameters(cfg.model.path)
-    vllm = cfg.rollout.backend == "vllm"
-    if vllm:
+    vllm = cfg.rollout.backend == "vllm" and cfg.algorithm != "sft"
+    if cfg.algorithm == "sft":
+        engines = "none: SFT trains on a traces file"
+    elif vllm:
         engines = "one vLLM engine per process, synced after every update"
         if cfg.rollout.vllm_sleep:
             engines += ", asleep during updates"
@@ -98,7 +100,7 @@ def describe(cfg: TrainConfig, world_size: int, parameters: int | None = None) -
     return Launch(
         processes=world_size,
         strategy=strategy,
-        rollout_backend=cfg.rollout.backend,
+        rollout_backend="-" if cfg.algorithm == "sft" else cfg.rollout.backend,
         rollout_engines=engines,
         parameters=parameters,
         train_state_gib_per_gpu=None

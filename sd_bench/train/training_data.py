@@ -15,11 +15,11 @@ sd_bench.train.runtime.Sampler).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sd_bench import jsonl
 from sd_bench.data import DataError
 from sd_bench.problems import Problem
 from sd_bench.prompts import problem_prompt, render
@@ -46,34 +46,12 @@ def smoke_problems() -> list[Problem]:
 
 
 def read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
-    """(line number, object) per non-blank line. Every failure is one DataError naming the file and line.
-
-    Lines are split on "\\n" only: `str.splitlines` also splits on U+2028, form feeds etc., which JSON strings
-    may hold unescaped, and then reports the wrong line number."""
+    """(line number, object) per non-blank line (sd_bench.jsonl); every failure is one DataError naming the
+    file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file ({what} JSONL)")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
-        ) from None
-    rows = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}); one JSON object per line"
-            ) from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-        rows.append((n, rec))
+    rows = list(jsonl.records(path, DataError))
     if not rows:
         raise DataError(f"{path}: no {what}s (the file is empty)")
     return rows
