@@ -193,8 +193,9 @@ def complete_legacy(result: dict[str, Any]) -> dict[str, Any]:
     sampling = dict(run.get("sampling") or {})
     toy_probe = result.get("task") == "toy_probe" and "lm_eval" not in prov
     if not any(sampling.get(key) is not None for key in provenance.MAX_TOKEN_KEYS):
-        # Table 1 at smoke scale samples toy training problems with the toy sampler capped at
-        # reproduce/smoke.py MAX_NEW_ID, the same cap as the in-domain toy task's max_gen_toks (96).
+        # results written before the schema (Table 1 at smoke scale, the old toy sampler) name no token cap:
+        # it was the smoke scale's probe cap (reproduce/scale.py SMOKE probe.max_new_tokens = 96), the same
+        # as the in-domain toy task's max_gen_toks.
         task = "sd_toy_id" if toy_probe else result["task"]
         default = task_default_generation(task).get("generation_kwargs") or {}
         sampling["max_tokens"] = default.get("max_gen_toks")
