@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sd_bench import jsonl
 from sd_bench.markers import MARKERS, marker_counts
+from sd_bench.runs import sample_responses
 
 
 class MarkersError(ValueError):
@@ -47,27 +48,13 @@ def _sample_files(paths: list[str]) -> dict[str, Path]:
     return {task: f for task, (_, f) in sorted(found.items())}
 
 
-def _responses(record: dict) -> list[str]:
-    out: list[str] = []
-
-    def walk(x):
-        if isinstance(x, str):
-            out.append(x)
-        elif isinstance(x, (list, tuple)):
-            for y in x:
-                walk(y)
-
-    walk(record.get("filtered_resps", record.get("resps", [])))
-    return out
-
-
 def marker_means(path: Path) -> dict:
     """{"responses": n, "markers": {marker: mean count per response}, "epistemic_count": mean E(y)}."""
     totals = dict.fromkeys(MARKERS, 0)
     n = 0
     hint = "pass lm-eval's samples_*.jsonl (JSON objects with 'filtered_resps' or 'resps')"
     for _, record in jsonl.records(path, MarkersError, hint=hint):
-        for text in _responses(record):
+        for text in sample_responses(record):
             n += 1
             for m, c in marker_counts(text).items():
                 totals[m] += c

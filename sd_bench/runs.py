@@ -273,7 +273,9 @@ def _read_lm_eval(results_file: Path) -> Model:
 # ---------------------------------------------------------------- per-problem records
 
 
-def _flatten(x) -> list[str]:
+def sample_responses(record: dict) -> list[str]:
+    """The response strings of one lm-eval sample record (`filtered_resps`, else `resps`, nested lists
+    flattened in order): what `sd-bench markers`, export and report read."""
     out: list[str] = []
 
     def walk(y):
@@ -283,7 +285,7 @@ def _flatten(x) -> list[str]:
             for z in y:
                 walk(z)
 
-    walk(x)
+    walk(record.get("filtered_resps", record.get("resps", [])))
     return out
 
 
@@ -298,7 +300,7 @@ def read_docs(path: Path, task: str = "") -> list[Doc]:
         if task and rec.get("task", task) != task:  # a samples.jsonl shared by several tasks
             continue
         doc = rec.get("doc") or {}
-        responses = _flatten(rec.get("filtered_resps", rec.get("resps", [])))
+        responses = sample_responses(rec)
         docs.append(
             Doc(
                 doc_id=int(rec.get("doc_id", len(docs))),
