@@ -69,6 +69,25 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def code_hash(root: Path | None = None) -> str:
+    """sha256 (16 hex) of the code that makes numbers: sd_bench's Python files, the recipes, the lm-eval task
+    YAML and the toy manifest, by path and content. Unlike the commit it changes with an uncommitted edit,
+    and not with a commit that only touches docs or results (sd-bench reproduce's stage fingerprints)."""
+    import hashlib
+
+    root = root or REPO_ROOT
+    digest = hashlib.sha256()
+    pkg = root / "sd_bench"
+    files = sorted(pkg.rglob("*.py")) + sorted(pkg.rglob("*.yaml"))
+    for folder, pattern in (("recipes", "*.yaml"), ("tasks", "*.yaml"), (".", "toy_manifest.yaml")):
+        files += sorted((root / folder).glob(pattern if folder == "." else f"**/{pattern}"))
+    for f in files:
+        if "__pycache__" in f.parts or not f.is_file():
+            continue
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,26 @@ def test_executor_reuses_only_unchanged_stages(tmp_path):
     (tmp_path / "probe/b.json").unlink()  # a deleted output reruns its stage (and what reads it)
     _run(_stand_in_plan(calls, value="z"), tmp_path, seed=7)
     assert calls == ["generate/b"]
+
+
+def test_an_uncommitted_code_edit_reruns_stages_and_a_docs_edit_does_not(tmp_path, monkeypatch):
+    import sd_bench.provenance as prov
+
+    src = tmp_path / "checkout"
+    for part in ("sd_bench", "recipes", "tasks"):
+        shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "base"))
+    (src / "README.md").write_text("docs")
+    monkeypatch.setattr(prov, "REPO_ROOT", src)
+    calls: list[str] = []
+    _run(_stand_in_plan(calls), tmp_path / "out")
+    (src / "README.md").write_text("docs, edited")  # not code: every stage is reused
+    calls.clear()
+    assert _run(_stand_in_plan(calls), tmp_path / "out")["skipped"] == ["select/a", "generate/b", "render/c"]
+    losses = src / "sd_bench" / "train" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an uncommitted edit\n")
+    calls.clear()
+    report = _run(_stand_in_plan(calls), tmp_path / "out")
+    assert calls == ["select/a", "generate/b", "render/c"] and report["reran"]["select/a"].startswith("code: ")
 
 
 def test_one_writer_per_output_folder(tmp_path, capsys):

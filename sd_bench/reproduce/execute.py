@@ -1,13 +1,14 @@
 """Run a plan: stages in order, each reused only when what made it is unchanged (issue 8, item 3).
 
 Every finished stage leaves `DIR/.sd-bench/stages/<stage>.json` with its fingerprint: a hash of its settings
-(kind, model, recipe, params, outputs), the seed, the fingerprints of the stages that wrote its inputs, and the
-sd-bench version and git commit. A rerun reuses a stage when its marker's fingerprint equals the one it
-would have now and its outputs exist; otherwise it reruns it (its old outputs removed first) and says which
-settings changed, or, with `no_rerun`, refuses before running anything. One writer per output folder:
-`DIR/.sd-bench/lock` holds the writer's pid; a second process gets one line naming it (a lock whose pid is
-gone is taken over). Stage folders are stable (`runs/<cond>`), so a crashed train stage resumes inside the
-trainer from its last checkpoint.
+(kind, model, recipe, params, outputs), the seed, the fingerprints of the stages that wrote its inputs, the
+sd-bench version and a hash of its code (`provenance.code_hash`: an uncommitted edit counts, a docs-only commit
+does not). A rerun reuses a stage when its marker's fingerprint equals the one it would have now and its
+outputs exist; otherwise it reruns it (its old outputs removed first) and says which settings changed, or,
+with `no_rerun`, refuses before running anything. One writer per output folder: `DIR/.sd-bench/lock` holds
+the writer's pid; a second process gets one line naming it (a lock whose pid is gone is taken over). Stage
+folders are stable (`runs/<cond>`), so a crashed train stage resumes inside the trainer from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class StageContext:
 
 def _code_identity() -> dict[str, Any]:
     from sd_bench import __version__
-    from sd_bench.provenance import git_state
+    from sd_bench.provenance import code_hash
 
-    return {"sd_bench": __version__, "commit": git_state().get("commit")}
+    return {"sd_bench": __version__, "code": code_hash()}
 
 
 def settings_of(stage: Stage, seed: int, input_fps: dict[str, str], code: dict) -> dict[str, Any]:
