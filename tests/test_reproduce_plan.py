@@ -286,7 +286,8 @@ def test_an_uncommitted_code_edit_reruns_stages_and_a_docs_edit_does_not(tmp_pat
     losses.write_text(losses.read_text() + "\n# an uncommitted edit\n")
     calls.clear()
     report = _run(_stand_in_plan(calls), tmp_path / "out")
-    assert calls == ["select/a", "generate/b", "render/c"] and report["reran"]["select/a"].startswith("code: ")
+    assert calls == ["select/a", "generate/b", "render/c"]
+    assert report["reran"]["select/a"].startswith("code: ")
 
 
 def test_one_writer_per_output_folder(tmp_path, capsys):
