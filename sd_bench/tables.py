@@ -556,46 +556,20 @@ def train_score_result(metrics_path: Path | str, condition: str) -> dict[str, An
     )
 
 
-def render_from_dir(
-    number: str | int,
-    out_dir: Path | str,
-    *,
-    scale: str,
-    columns=None,
-    rows=None,
-    conditions: list[str] | None = None,
-    run_info: dict | None = None,
+def write_table(
+    table: dict, out_dir: Path | str, provenance: dict | None = None, name: str | None = None
 ) -> dict[str, Path]:
-    """Build table N from the result files under DIR/eval (only `conditions`, when given) and write
-    DIR/tableN.{json,md,tex}."""
-    from sd_bench import provenance
-
-    out_dir = Path(out_dir)
-    results = find_results(out_dir / "eval") if (out_dir / "eval").is_dir() else []
-    if conditions is not None:
-        results = [r for r in results if r["condition"] in set(conditions)]
-    if not results:
-        raise ResultFileError(
-            f"{out_dir / 'eval'}: no result files (schema {RESULT_SCHEMA}) to build "
-            f"table {number} from; did the evaluate stages run?"
-        )
-    table = build_table(number, results, scale=scale, columns=columns, rows=rows, results_root=out_dir)
-    prov = provenance.collect()
-    if run_info:
-        prov["run"] = run_info
-    return write_table(table, out_dir, provenance=prov)
-
-
-def write_table(table: dict, out_dir: Path | str, provenance: dict | None = None) -> dict[str, Path]:
-    """tableN.{json,md,tex} in out_dir, each written atomically; returns the paths."""
+    """NAME.{json,md,tex} in out_dir (NAME: tableN unless given), each written atomically; returns the paths."""
     out_dir = Path(out_dir)
     n = table["table"]
+    name = name or f"table{n}"
     if provenance is not None:
         table = {**table, "provenance": provenance}
+    md = to_markdown(table).replace(f"`table{n}.json`", f"`{name}.json`")
     return {
-        "json": write_json_atomic(out_dir / f"table{n}.json", table),
-        "md": write_text_atomic(out_dir / f"table{n}.md", to_markdown(table)),
-        "tex": write_text_atomic(out_dir / f"table{n}.tex", to_latex(table)),
+        "json": write_json_atomic(out_dir / f"{name}.json", table),
+        "md": write_text_atomic(out_dir / f"{name}.md", md),
+        "tex": write_text_atomic(out_dir / f"{name}.tex", to_latex(table)),
     }
 
 

@@ -19,16 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def wheel(tmp_path_factory, offline_env) -> Path:
     """The sd-bench wheel built from this checkout."""
     tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
@@ -45,7 +37,7 @@ def wheel(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
         text=True,
-        env=_clean_env(),
+        env=offline_env,
     )
     (built,) = (tmp_path / "dist").glob("sd_bench-*.whl")
     return built
@@ -71,7 +63,7 @@ def _installed_tasks() -> Path:
     return Path(lm_eval.__file__).resolve().parent / "tasks" / "sd_bench"
 
 
-def test_lm_eval_cli_without_include_path(tmp_path):
+def test_lm_eval_cli_without_include_path(tmp_path, offline_env):
     installed = _installed_tasks()
     if not (installed / "_sd_math_template").is_file():
         pytest.fail(
@@ -111,7 +103,7 @@ def test_lm_eval_cli_without_include_path(tmp_path):
         "out",
     ]
     proc = subprocess.run(
-        cmd, cwd=work, capture_output=True, text=True, env=_clean_env(), timeout=600, check=False
+        cmd, cwd=work, capture_output=True, text=True, env=offline_env, timeout=600, check=False
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (results_file,) = (work / "out").rglob("results_*.json")
@@ -133,7 +125,7 @@ def test_lm_eval_cli_without_include_path(tmp_path):
         cwd=work,
         capture_output=True,
         text=True,
-        env=_clean_env(),
+        env=offline_env,
         check=True,
     )
     data = json.loads(report.stdout)
@@ -154,7 +146,7 @@ def _lm_eval_elsewhere(site: Path) -> Path:
     return site / "lm_eval"
 
 
-def test_documented_route_with_lm_eval_in_another_site_folder(tmp_path, wheel):
+def test_documented_route_with_lm_eval_in_another_site_folder(tmp_path, wheel, offline_env):
     """sd-bench from its wheel in one folder, lm-eval in another (first on PYTHONPATH): the folder the wheel
     wrote into `lm_eval/tasks/` is not the lm-eval that runs, so only `--include_path "$(sd-bench
     tasks-path)"` finds the tasks, and it does, with no override warning."""
@@ -167,10 +159,10 @@ def test_documented_route_with_lm_eval_in_another_site_folder(tmp_path, wheel):
     lm_pkg = _lm_eval_elsewhere(lm_site)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(sd_site), str(wheel)],
-        check=True, capture_output=True, text=True, env=_clean_env(),
+        check=True, capture_output=True, text=True, env=offline_env,
     )  # fmt: skip
     env = {
-        **_clean_env(),
+        **offline_env,
         "PYTHONPATH": f"{lm_site}{os.pathsep}{sd_site}",
         "SD_BENCH_CACHE": str(tmp_path / "c"),
     }

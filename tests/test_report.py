@@ -25,16 +25,8 @@ BIN = Path(sys.executable).parent
 K = 4
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, offline_env):
     """An lm-eval --output_path from a real run (about 25 s on one core)."""
     pytest.importorskip("torch")
     if not os.environ.get("SD_BENCH_DATA_DIR"):
@@ -50,7 +42,7 @@ def tiny_run(tmp_path_factory):
         "--tasks", "sd_math500", "--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--device", "cpu",
         "--batch_size", "8", "--log_samples", "--output_path", str(root / "base"), "--include_path", str(tasks),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "base"
 

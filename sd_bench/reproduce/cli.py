@@ -12,6 +12,7 @@ refuses instead). At the end: the table on stdout, where its files are, and the 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -64,13 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _DropRepeatedHints(logging.Filter):
-    """lm-eval logs 'Custom kwargs can be passed to --metadata' once per task build: noise under reproduce."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed" not in record.getMessage()
-
-
 def quiet_third_party() -> None:
     """Hub download bars and lm-eval's repeated metadata hint off; the libraries' own bars go off where they
     are imported (io.quiet_progress). sd-bench's progress (progress.py, the trainer's step bar) stays;
@@ -78,17 +72,14 @@ def quiet_third_party() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in ("lm-eval", "lm_eval", "lm_eval.api.task", "lm_eval.tasks", "lm_eval.evaluator"):
-        logging.getLogger(name).addFilter(_DropRepeatedHints())
+        # lm-eval logs 'Custom kwargs can be passed to --metadata' once per task build
+        logging.getLogger(name).addFilter(
+            lambda record: "Custom kwargs can be passed" not in record.getMessage()
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    target = (
-        "ablations"
-        if args.ablations
-        else f"table{args.table}"
-        if args.table is not None
-        else f"figure{args.figure}"
-    )
+    target = "ablations" if args.ablations else f"table{args.table}" if args.table else f"figure{args.figure}"
     out_dir = Path(args.output or f"out/{target}-{args.scale}").resolve()
     req = plan_mod.PlanRequest(
         target, args.scale, list(args.set), args.from_checkpoints, args.seed, args.manifest
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sd-bench reproduce: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(plan_mod.plan_json(plan) if args.json else plan_mod.render_plan(plan))
+        print(json.dumps(plan.to_dict(), indent=2, default=str) if args.json else plan_mod.render_plan(plan))
         return 0
     from sd_bench.reproduce.execute import execute
 

@@ -57,9 +57,8 @@ def params_b(model: str | None) -> float:
 
 
 def mean_tokens(kind: str, thinking: bool, cap: int | None, toy: bool) -> float:
-    t = MEAN_TOKENS["toy" if toy and kind in ("dapo", "guided") else kind] * (
-        1.0 if thinking or toy else 0.25
-    )
+    t = MEAN_TOKENS["toy" if toy and kind in ("dapo", "guided") else kind]
+    t *= 1.0 if thinking or toy else 0.25
     return min(t, cap) if cap else t
 
 
@@ -81,31 +80,25 @@ def estimate(stage, scale) -> None:
     from sd_bench.reproduce.io import trainer_args
 
     p, toy = stage.params, scale.device == "cpu"
-    text_gb = BYTES_PER_TOKEN / 1e9
+    if stage.kind == "train":
+        _train(stage, scale, trainer_args(p["overrides"]), toy)
+        return
+    tokens = 0.0  # sampled; render and Table 1's probe evaluations (grading files) sample nothing
     if stage.kind == "select":
         visited = min(p["keep"] / KEEP_FRACTION, p["candidates"] or float("inf"))
         tokens = visited * p["k"] * mean_tokens("dapo", p["thinking"], p["max_new_tokens"], toy)
         stage.basis = {"problems_visited": round(visited), "k": p["k"], "max_new_tokens": p["max_new_tokens"]}
-        _set(stage, scale, tokens, 0, False, tokens * text_gb)
     elif stage.kind == "generate":
         problems = scale.probe.traces if stage.outputs[0].startswith("traces/") else scale.probe.problems
         kind = "dapo" if p["context"] in ("none", "answer") else "guided"
         tokens = problems * p["k"] * mean_tokens(kind, p["thinking"], p["max_new_tokens"], toy)
         stage.basis = {"problems": problems, "k": p["k"], "max_new_tokens": p["max_new_tokens"]}
-        _set(stage, scale, tokens, 0, False, tokens * text_gb)
-    elif stage.kind == "evaluate" and p.get("probe"):
-        _set(stage, scale, 0, 0, False, 0.0)
-    elif stage.kind == "evaluate":
-        gen = 0.0
+    elif stage.kind == "evaluate" and not p.get("probe"):
         for t in p["tasks"]:
             n = min(p["limit"] or TASK_PROBLEMS.get(t, 100), TASK_PROBLEMS.get(t, 100))
-            gen += n * p["k"] * mean_tokens(t, p["thinking"], p["max_new_tokens"], toy)
+            tokens += n * p["k"] * mean_tokens(t, p["thinking"], p["max_new_tokens"], toy)
         stage.basis = {"k": p["k"], "limit": p["limit"], "max_new_tokens": p["max_new_tokens"]}
-        _set(stage, scale, gen, 0, False, gen * text_gb)
-    elif stage.kind == "train":
-        _train(stage, scale, trainer_args(p["overrides"]), toy)
-    else:
-        _set(stage, scale, 0, 0, False, 0.0)
+    _set(stage, scale, tokens, 0, False, tokens * (BYTES_PER_TOKEN / 1e9))
 
 
 def _train(stage, scale, args: list[str], toy: bool) -> None:
@@ -127,9 +120,8 @@ def _train(stage, scale, args: list[str], toy: bool) -> None:
         _set(stage, scale, 0, tokens, False, pb * 2)
         return
     rollouts = cfg.rollout.prompts_per_step * cfg.rollout.n * cfg.run.max_steps
-    per = mean_tokens(
-        "dapo", not cfg.model.template_kwargs.get("enable_thinking") is False, cfg.rollout.max_new_tokens, toy
-    )
+    thinking = cfg.model.template_kwargs.get("enable_thinking") is not False
+    per = mean_tokens("dapo", thinking, cfg.rollout.max_new_tokens, toy)
     kept = cfg.run.keep_checkpoints or cfg.run.max_steps // cfg.run.save_every
     stage.basis = {
         "prompts_per_step": cfg.rollout.prompts_per_step,

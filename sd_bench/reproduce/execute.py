@@ -51,13 +51,6 @@ class StageContext:
         return write_text_atomic(self.path(rel), text)
 
 
-def _code_identity() -> dict[str, Any]:
-    from sd_bench import __version__
-    from sd_bench.provenance import code_hash
-
-    return {"sd_bench": __version__, "code": code_hash()}
-
-
 def settings_of(stage: Stage, seed: int, input_fps: dict[str, str], code: dict) -> dict[str, Any]:
     """What made a stage, as plain JSON values (so a marker read back compares equal)."""
     settings = {
@@ -174,7 +167,10 @@ def execute(
 
 
 def _run(plan: Plan, out_dir: Path, seed: int, progress, no_rerun: bool, log) -> dict:
-    code = _code_identity()
+    from sd_bench import __version__
+    from sd_bench.provenance import code_hash
+
+    code = {"sd_bench": __version__, "code": code_hash()}
     produced: dict[str, str] = {}  # output path -> fingerprint of the stage that writes it
     todo = []
     for stage in plan.stages:
@@ -185,14 +181,12 @@ def _run(plan: Plan, out_dir: Path, seed: int, progress, no_rerun: bool, log) ->
             produced[o] = fp
         marker = _marker(out_dir, stage)
         old = json.loads(marker.read_text()) if marker.is_file() else None
-        outputs_exist = all((out_dir / o).exists() for o in stage.outputs)
-        if old and old.get("fingerprint") == fp and outputs_exist:
-            todo.append((stage, fp, settings, None))
+        why = ""  # None: unchanged, reused; "": never finished; else what changed
+        if old and old.get("fingerprint") == fp and all((out_dir / o).exists() for o in stage.outputs):
+            why = None
         elif old:
             why = "; ".join(_diff(old.get("settings", {}), settings)[:4]) or "outputs missing"
-            todo.append((stage, fp, settings, why))
-        else:
-            todo.append((stage, fp, settings, ""))
+        todo.append((stage, fp, settings, why))
     stale = {s.name: why for s, _, _, why in todo if why}
     if stale and no_rerun:
         first = next(iter(stale))
@@ -226,15 +220,9 @@ def _run(plan: Plan, out_dir: Path, seed: int, progress, no_rerun: bool, log) ->
         if absent:
             progress.end_stage(ok=False)
             raise PlanError(f"stage '{stage.name}' finished without writing {', '.join(absent)}")
-        write_json_atomic(
-            _marker(out_dir, stage),
-            {
-                "stage": stage.name,
-                "fingerprint": fp,
-                "settings": settings,
-                "wall_time_s": round(time.monotonic() - t0, 3),
-            },
-        )
+        wall = round(time.monotonic() - t0, 3)
+        done = {"stage": stage.name, "fingerprint": fp, "settings": settings, "wall_time_s": wall}
+        write_json_atomic(_marker(out_dir, stage), done)
         progress.end_stage(ok=True)
         ran.append(stage.name)
     return {"ran": ran, "skipped": skipped, "reran": stale}

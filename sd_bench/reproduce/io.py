@@ -1,9 +1,7 @@
 """What every `sd-bench reproduce` stage reads and writes, whatever the scale (stages.py).
 
-One place for the file formats stages hand to each other, so the toy world and the real models produce the
-same shapes: JSONL rows (traces, probes, per-sample logs), the JSON-safe part of lm-eval's return, per-sample
-records shaped like lm-eval's `--log_samples` (what `sd-bench markers` reads), Table 1's probe metrics, and
-the in-process `sd-bench train` call whose run folder the next stages read. Stages write these through
+One place for the file formats stages hand to each other (and the lm-eval and `sd-bench train` calls that
+make them), so the toy world and the real models produce the same shapes. Stages write them through
 `StageContext.write_text` (atomic: a resumed run never reads half a file).
 """
 
@@ -120,24 +118,6 @@ def probe_metrics(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def probe_result(condition: str, task: str, rows: list[dict], *, k: int, source: str, **run) -> dict:
-    """One Table 1 result file (schema sd-bench/result/v1): `probe_metrics` of one context's responses,
-    the probe file as its source, stamped with provenance (`run`: provenance.stamp's model, data, seed...)."""
-    from sd_bench import provenance, tables
-
-    if not rows:
-        raise ValueError(f"{source}: no responses")
-    result = tables.make_result(
-        condition,
-        task,
-        probe_metrics(rows),
-        n_problems=len({r["id"] for r in rows}),
-        k=k,
-        provenance={"samples": source},
-    )
-    return provenance.stamp(result, k=k, **run)
-
-
 def trainer_args(overrides: dict) -> list[str]:
     """Trainer overrides -> `key=value` arguments the trainer's YAML parser reads back to the same values
     (None -> null, booleans -> true/false)."""
@@ -148,17 +128,32 @@ def trainer_args(overrides: dict) -> list[str]:
     return [f"{k}={text(v)}" for k, v in overrides.items()]
 
 
-def run_trainer(recipe: str, output: Path, args: list[str], *, scale: str, resume: bool = False) -> None:
+def run_trainer(
+    recipe: str,
+    output: Path,
+    args: list[str],
+    *,
+    scale: str,
+    resume: bool = False,
+    launcher: str | None = None,
+) -> None:
     """`sd-bench train RECIPE --scale SCALE --output OUTPUT [--resume] key=value...`, in-process
-    (sd_bench.train.cli), so a stage fails with the trainer's own exception; raises on a non-zero exit."""
+    (sd_bench.train.cli), so a stage fails with the trainer's own exception; raises on a non-zero exit.
+    With `launcher` (e.g. torchrun ...), `LAUNCHER --scale ... RECIPE key=value...` as a subprocess."""
     import argparse
 
     from sd_bench.train import cli as train_cli
 
+    # options first: argparse matches the positionals (recipe, key=value...) in one go
+    argv = ["--scale", scale, "--output", str(output), *(["--resume"] if resume else []), recipe, *args]
+    if launcher:
+        import shlex
+        import subprocess
+
+        subprocess.run([*shlex.split(launcher), *argv], check=True)
+        return
     parser = argparse.ArgumentParser(prog="sd-bench train")
     train_cli.add_arguments(parser)
-    # options first: argparse matches the positionals (recipe, key=value...) in one go
-    opts = ["--scale", scale, "--output", str(output), *(["--resume"] if resume else [])]
-    rc = train_cli.run(parser.parse_args([*opts, recipe, *args]))
+    rc = train_cli.run(parser.parse_args(argv))
     if rc:
         raise RuntimeError(f"sd-bench train {recipe} --scale {scale} {' '.join(args)} exited with {rc}")

@@ -2,17 +2,14 @@
 
     plan = build_plan(PlanRequest("table2", "smoke", sets=["eval.k=2"]))
 
-`build_plan` resolves the scale (scale.py: the named scale + `--set` edits), loads the scale's manifest,
-asks the target's protocol (protocol.py: one stage graph per target, the same at every scale) for its
-stages, keeps `conditions` when the scale names some, prices each stage from what it will run (cost.py:
-the resolved TrainConfig of each train stage, the decoding of each sampling stage), and gives every stage the
-one function of its kind (stages.FUNCTIONS). The executor (execute.py) runs it.
+`build_plan` resolves the scale (scale.py), asks the target's protocol (protocol.py) for its stages, prices
+each from what it will run (cost.py) and gives it the one function of its kind (stages.FUNCTIONS); the
+executor (execute.py) runs the plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +107,8 @@ class PlanRequest:
     manifest: str | None = None  # another manifest file than the scale's
 
 
-def load_manifest(path: str):
-    from sd_bench import manifest
-
-    p = Path(path)
-    return manifest.load(p if p.is_absolute() or p.is_file() else REPO_ROOT / p)
-
-
 def build_plan(req: PlanRequest) -> Plan:
+    from sd_bench import manifest
     from sd_bench.reproduce import cost, protocol, stages
     from sd_bench.train.config import ConfigError
 
@@ -127,7 +118,8 @@ def build_plan(req: PlanRequest) -> Plan:
         sc = scale_mod.resolve(req.scale, req.sets)
     except ConfigError as exc:
         raise PlanError(str(exc)) from None
-    man = load_manifest(req.manifest or sc.manifest)
+    path = Path(req.manifest or sc.manifest)  # relative to the working folder, else to the repository
+    man = manifest.load(path if path.is_absolute() or path.is_file() else REPO_ROOT / path)
     graph = protocol.Builder(req, sc, man)
     protocol.PROTOCOLS[req.target](graph)
     plan = Plan(req.target, sc, graph.stages, graph.notes)
@@ -151,9 +143,8 @@ def render_plan(plan: Plan) -> str:
     cpu = plan.scale.device == "cpu"
     rows = []
     for i, s in enumerate(plan.stages, 1):
-        outs = (
-            s.outputs[0] + (f" (+{len(s.outputs) - 1})" if len(s.outputs) > 1 else "") if s.outputs else "-"
-        )
+        more = f" (+{len(s.outputs) - 1})" if len(s.outputs) > 1 else ""
+        outs = s.outputs[0] + more if s.outputs else "-"
         cost = f"{s.est_seconds or 0:,.0f}" if cpu else f"{s.gpu_hours:,.2f}"
         rows.append([i, s.name, s.model_shown or "-", s.recipe or "-", outs, cost, f"{s.disk_gb:,.2f}"])
     head = ["#", "stage", "model", "recipe", "outputs", "CPU s" if cpu else "GPU-h", "disk GB"]
@@ -175,7 +166,3 @@ def render_plan(plan: Plan) -> str:
     ]
     lines += [""] + [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
-
-
-def plan_json(plan: Plan) -> str:
-    return json.dumps(plan.to_dict(), indent=2, default=str)

@@ -44,16 +44,12 @@ class Progress:
         self.min_interval_s = min_interval_s
         self.clock = clock
         self.t0 = clock()
-        self.i = -1
-        self.name = ""
+        self.i, self.name, self.frac, self.note = -1, "", 0.0, ""
         self.stage_t0 = self.t0
-        self.frac = 0.0
-        self.note = ""
         self._last_print = -1e9
         self._spent_done = 0.0  # actual seconds of stages run (not skipped)
         self._est_done = 0.0  # their estimates
 
-    # --- time left --------------------------------------------------------------------------------------
     def _speed(self) -> float:
         """actual / estimated time over the stages run so far (1.0 before any)."""
         if self._est_done <= 0 or self._spent_done <= 0:
@@ -79,7 +75,6 @@ class Progress:
             return None
         return cur_left + sum(rest) * self._speed()
 
-    # --- output ---------------------------------------------------------------------------------------
     def line(self) -> str:
         pct = f" {self.frac * 100:5.1f}%" if self.frac > 0 else ""
         note = f" {self.note}" if self.note else ""
@@ -88,10 +83,11 @@ class Progress:
             f"{format_seconds(self.clock() - self.t0)} | left ~{format_seconds(self.time_left())}"
         )
 
-    def _emit(self, text: str, force: bool = False) -> None:
+    def _emit(self, text: str, force: bool = False, final: bool = False) -> None:
+        """`final`: a stage's last line, kept on a terminal (the next line starts below it)."""
         now = self.clock()
         if self.tty:
-            self.stream.write("\r\033[K" + text)
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
         elif force or now - self._last_print >= self.min_interval_s:
             self.stream.write(text + "\n")
         else:
@@ -111,11 +107,9 @@ class Progress:
         self.note = note
         self._emit(self.line())
 
-    def skip_stage(self, i: int, name: str, reason: str = "outputs exist") -> None:
+    def skip_stage(self, i: int, name: str, reason: str) -> None:
         self.i, self.name, self.frac, self.note = i, name, 0.0, ""
-        self._emit(f"[{i + 1}/{self.n}] {name} | skipped ({reason})", force=True)
-        if self.tty:
-            self.stream.write("\n")
+        self._emit(f"[{i + 1}/{self.n}] {name} | skipped ({reason})", force=True, final=True)
 
     def end_stage(self, ok: bool = True) -> None:
         spent = self.clock() - self.stage_t0
@@ -128,7 +122,5 @@ class Progress:
         self._emit(
             f"[{self.i + 1}/{self.n}] {self.name} | {status} | left ~{format_seconds(self.time_left())}",
             force=True,
+            final=True,
         )
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()

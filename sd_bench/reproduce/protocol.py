@@ -17,6 +17,7 @@ entries (checkpoints_manifest.yaml / toy_manifest.yaml: models, recipes, context
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -320,40 +321,35 @@ def table3(b: Builder) -> None:
     b.table("3", [base_of[entries[0].id]] + [e.id for e in entries], labels, train=[e.id for e in entries])
 
 
-def figure(n: int):
-    def build(b: Builder) -> None:
-        entries = b.m.in_group(f"figure{n}")
-        if not entries or (n in (5, 6) and len({(e.base_model.key, e.thinking) for e in entries}) < 2):
-            raise PlanError(
-                f"figure {n} compares base models (5: Qwen3-8B thinking on / off; 6: Olmo-3-7B-Instruct, "
-                f"Qwen3-1.7B), but {Path(b.m.path).name} has a single base model without thinking modes for it; "
-                f"run `sd-bench reproduce --figure {n} --scale small` (or --scale paper)"
-            )
-        base_of = onpolicy(b, entries)
-        w = b.m.world
-        task = w.eval_tasks[0] if n == 4 else (w.eval_group or w.eval_tasks[-1])
-        rules = guard_rules(b.s, f"figure{n}")  # a figure with guards also writes its final numbers as JSON
-        b.render(
-            f"figure{n}",
-            (f"figure{n}.png", f"figure{n}.svg") + ((f"figure{n}.json",) if rules else ()),
-            f"Figure {n}: "
-            + (
-                "per-marker epistemic deltas vs the step-0 base"
-                if n == 4
-                else "training curves + held-out accuracy"
-            ),
-            {
-                "figure": n,
-                "task": task,
-                "conditions": [e.id for e in entries],
-                "base_of": base_of,
-                "labels": {e.id: e.description or e.id for e in entries},
-                "training_only": n == 8,
-                "summary": summary(b, f"figure{n}", entries, base_of, rules) if rules else None,
-            },
+def figure(b: Builder, n: int) -> None:
+    entries = b.m.in_group(f"figure{n}")
+    if not entries or (n in (5, 6) and len({(e.base_model.key, e.thinking) for e in entries}) < 2):
+        raise PlanError(
+            f"figure {n} compares base models (5: Qwen3-8B thinking on / off; 6: Olmo-3-7B-Instruct, "
+            f"Qwen3-1.7B), but {Path(b.m.path).name} has a single base model without thinking modes for it; "
+            f"run `sd-bench reproduce --figure {n} --scale small` (or --scale paper)"
         )
-
-    return build
+    base_of = onpolicy(b, entries)
+    w = b.m.world
+    task = w.eval_tasks[0] if n == 4 else (w.eval_group or w.eval_tasks[-1])
+    rules = guard_rules(b.s, f"figure{n}")  # a figure with guards also writes its final numbers as JSON
+    what = (
+        "per-marker epistemic deltas vs the step-0 base" if n == 4 else "training curves + held-out accuracy"
+    )
+    b.render(
+        f"figure{n}",
+        (f"figure{n}.png", f"figure{n}.svg") + ((f"figure{n}.json",) if rules else ()),
+        f"Figure {n}: {what}",
+        {
+            "figure": n,
+            "task": task,
+            "conditions": [e.id for e in entries],
+            "base_of": base_of,
+            "labels": {e.id: e.description or e.id for e in entries},
+            "training_only": n == 8,
+            "summary": summary(b, f"figure{n}", entries, base_of, rules) if rules else None,
+        },
+    )
 
 
 def summary(b: Builder, name: str, entries, base_of: dict[str, str], rules: list[dict]) -> dict:
@@ -396,7 +392,7 @@ PROTOCOLS = {
     "table1": table1,
     "table2": table2,
     "table3": table3,
-    **{f"figure{n}": figure(n) for n in range(3, 9)},
+    **{f"figure{n}": functools.partial(figure, n=n) for n in range(3, 9)},
 }
 
 

@@ -22,7 +22,15 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")  # sd_bench/train/checkpoint.p
 # per 4,096 toy rows was ~4x faster on a CPU core than calls of 256 (the toy world's 96-token limit); a
 # 32k-token paper response gets ~12 rows per call, so the KV cache stays bounded.
 HF_ROW_TOKENS = 400_000
-PROMPT_MARGIN = 2048  # vLLM max_model_len = prompt budget + max_new_tokens (hint prompts add a solution)
+
+
+def vllm_context(model: str, wanted: int) -> int:
+    """vLLM's max_model_len for `wanted` tokens (prompt + response), cut to the model's own context: vLLM
+    refuses a longer one (max_position_embeddings), and the samplers then clamp max_new_tokens to fit."""
+    from sd_bench.lm_eval_tasks import model_context_length
+
+    context = model_context_length({"pretrained": model})
+    return wanted if context is None else min(wanted, context)
 
 
 def vllm_available() -> bool:
@@ -52,14 +60,11 @@ def dtype(choice: str) -> str:
 
 
 def free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def resolve_model(out_dir: Path, ref: str) -> tuple[str, str | None, str | None]:
@@ -86,19 +91,6 @@ def resolve_model(out_dir: Path, ref: str) -> tuple[str, str | None, str | None]
     return name, rev or None, None
 
 
-def load(model: str, revision: str | None, dtype_name: str):
-    """(model, tokenizer) with transformers, in eval mode on the stage's device."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sd_bench.reproduce.io import quiet_progress
-
-    quiet_progress()
-    tok = AutoTokenizer.from_pretrained(model, revision=revision)
-    lm = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=getattr(torch, dtype_name))
-    return lm.to(device()).eval(), tok
-
-
 def sample(
     model_ref: str,
     out_dir: Path,
@@ -120,20 +112,30 @@ def sample(
     """n responses per user turn as (text, tokens); tokens = the response's token count without the stop
     token (PAPER.md "Response length": no special tokens). Turn i is problem `indices[i]` of the stage
     (default i), seeded by sample_seed(seed, salt, indices[i]); its sample j is the same for any n > j."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from sd_bench.prompts import render
+    from sd_bench.reproduce.io import quiet_progress
     from sd_bench.train.rollout import HFRollouts, sample_seed
 
     name, rev, adapter = resolve_model(out_dir, model_ref)
     if adapter:
         raise RuntimeError(f"sampling from a LoRA adapter ({adapter}) is not supported; merge it first")
-    lm, tok = load(name, rev, dtype(dtype_name))
+    quiet_progress()
+    tok = AutoTokenizer.from_pretrained(name, revision=rev)
+    lm = AutoModelForCausalLM.from_pretrained(name, revision=rev, dtype=getattr(torch, dtype(dtype_name)))
+    lm = lm.to(device()).eval()
     kw = {} if thinking else {"enable_thinking": False}
     prompts = [tok(render(tok, t, **kw), add_special_tokens=False)["input_ids"] for t in turns]
     seeds = [sample_seed(seed, salt, i) for i in (range(len(turns)) if indices is None else indices)]
     decoding = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    if top_k is not None:
+        decoding["top_k"] = top_k
     engine = None
     try:
         if backend(sampler) == "vllm":
+            from sd_bench.lm_eval_tasks import PROMPT_RESERVE
             from sd_bench.train.rollout_vllm import VLLMRollouts
 
             longest = max(len(p) for p in prompts)
@@ -141,20 +143,17 @@ def sample(
                 lm,
                 tok,
                 model_path=name,
-                max_model_len=longest + max_new_tokens + PROMPT_MARGIN,
+                max_model_len=vllm_context(name, longest + max_new_tokens + PROMPT_RESERVE),
                 gpu_memory_utilization=gpu_memory_utilization,
                 seed=seed,
             )
-            chunks = [(0, len(prompts))]
+            step = len(prompts)  # one call: the engine schedules its own batches
         else:
             engine = HFRollouts(lm, tok)
             step = max(1, HF_ROW_TOKENS // (n * max_new_tokens))
-            chunks = [(i, min(i + step, len(prompts))) for i in range(0, len(prompts), step)]
-        if top_k is not None:
-            decoding["top_k"] = top_k
         samples = []
-        for a, b in chunks:
-            samples += engine.generate(prompts[a:b], seeds=seeds[a:b], **decoding)
+        for a in range(0, len(prompts), step):
+            samples += engine.generate(prompts[a : a + step], seeds=seeds[a : a + step], **decoding)
         stops = set(getattr(engine, "stop_ids", []) or [tok.eos_token_id])
     finally:
         if engine is not None and hasattr(engine, "close"):

@@ -66,9 +66,8 @@ class Train:
     onpolicy: dict = field(default_factory=dict)  # trainer overrides of every on-policy stage
     lr: dict = field(default_factory=dict)  # algorithm -> optim.lr (empty: the recipe's)
     overrides: dict = field(default_factory=dict)  # `--set train.<trainer key>=...`, last
-    launcher: str | None = (
-        None  # run the trainer as `LAUNCHER RECIPE ...` (e.g. torchrun) instead of in-process
-    )
+    # run the trainer as `LAUNCHER RECIPE ...` (e.g. torchrun) instead of in-process
+    launcher: str | None = None
 
 
 @dataclass
@@ -172,7 +171,8 @@ SMOKE = Scale(
         "train.lr": "SDPO 3e-4, GRPO 1e-4 (paper 1e-5 / 1e-6 move a 0.86M model nowhere in 20 steps)",
         "manifest": "toy_manifest.yaml's SDPO rows (Table 3, figures) give the teacher the clean solution "
         "(sdpo_reference), not the paper's successful sibling (abl_sd_sibling): with the sibling, |D| = 8 SD "
-        "keeps waits 0.11-0.16 (> 0.2 x base on seeds 1-2; results/smoke/README.md)",
+        "keeps waits 0.11-0.16 (> 0.2 x base on seeds 1-2), also with 2 updates per step, lr 5e-4 or every problem "
+        "each step (results/smoke/guards.md)",
     },
 )
 

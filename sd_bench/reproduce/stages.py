@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
+from sd_bench.lm_eval_tasks import PROMPT_RESERVE
 from sd_bench.reproduce import sampling
 from sd_bench.reproduce.io import (
     jsonl_text,
     lm_eval_run,
     lm_eval_summary,
-    probe_result,
+    probe_metrics,
     read_jsonl,
     run_trainer,
     trainer_args,
@@ -79,13 +79,9 @@ def _sample(ctx, turns: list[str], salt: int, indices=None, n=None) -> list[list
         ctx.out_dir,
         turns,
         n=n or p["k"],
-        temperature=p["temperature"],
-        top_p=p["top_p"],
-        top_k=p["top_k"],
-        max_new_tokens=p["max_new_tokens"],
+        **{k: p[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens", "thinking")},
         seed=ctx.seed,
         salt=salt,
-        thinking=p["thinking"],
         sampler=s.sampler,
         dtype_name=s.dtype,
         gpu_memory_utilization=s.gpu_memory_utilization,
@@ -94,8 +90,7 @@ def _sample(ctx, turns: list[str], salt: int, indices=None, n=None) -> list[list
 
 
 def select(ctx) -> None:
-    """Problems of `data` in file order, k samples each, kept when solved min..max times; the first `keep`.
-    Row = the first correct sample (s; Table 2's D_ug trace) + solve_rate, correct_count, reference."""
+    """Select problems (module docstring); a kept row is s plus solve_rate, correct_count and reference."""
     from sd_bench.data import load_problems
 
     _threads(ctx)
@@ -245,11 +240,7 @@ def train(ctx) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe, preset = ctx.stage.recipe, p["preset"]
     try:
-        if p.get("launcher"):
-            cmd = ["--scale", preset, "--output", str(run_dir), *(["--resume"] if resume else []), recipe]
-            subprocess.run([*shlex.split(p["launcher"]), *cmd, *args], check=True)
-        else:
-            run_trainer(recipe, run_dir, args, scale=preset, resume=resume)
+        run_trainer(recipe, run_dir, args, scale=preset, resume=resume, launcher=p.get("launcher"))
     finally:
         sampling.free_memory()
     shown = " ".join(shlex.quote(a) for a in args).replace(str(ctx.out_dir) + "/", "")
@@ -268,7 +259,7 @@ def _model_args(ctx, backend: str) -> tuple[str, str]:
     if backend == "vllm":
         args.update(
             seed=ctx.seed,
-            max_model_len=(p["max_new_tokens"] or 4096) + sampling.PROMPT_MARGIN,
+            max_model_len=sampling.vllm_context(model, (p["max_new_tokens"] or 4096) + PROMPT_RESERVE),
             gpu_memory_utilization=ctx.scale.gpu_memory_utilization,
         )
         if adapter:
@@ -284,8 +275,7 @@ def _model_args(ctx, backend: str) -> tuple[str, str]:
 
 
 def evaluate(ctx) -> None:
-    """lm-eval on the stage's tasks, or (params `probe`) Table 1's probe rows graded; both write one result
-    file per task and samples_<task>.jsonl in lm-eval's --log_samples shape (what `sd-bench markers` reads)."""
+    """lm-eval on the stage's tasks, or (params `probe`) Table 1's probe rows graded (module docstring)."""
     if ctx.stage.params.get("probe"):
         return _evaluate_probe(ctx)
     from sd_bench import lm_eval_tasks, provenance, tables
@@ -303,12 +293,9 @@ def evaluate(ctx) -> None:
         model_args=model_args,
         include_defaults=False,
     )
-    default = lm_eval_tasks.SAMPLING[thinking]
-    gen_kwargs = None
-    if p["temperature"] is not None and (p["temperature"], p["top_p"]) != (
-        default["temperature"],
-        default["top_p"],
-    ):
+    decoding = {"temperature": p["temperature"], "top_p": p["top_p"]}
+    gen_kwargs = None  # the task YAML's decoding (lm_eval_tasks.SAMPLING), unless the stage's differs
+    if p["temperature"] is not None and decoding != lm_eval_tasks.SAMPLING[thinking]:
         gen_kwargs = f"temperature={p['temperature']},top_p={p['top_p']}"
     tasks = list(p["tasks"])
     ctx.report(0, None, f"lm-eval {p.get('group') or ','.join(tasks)} ({backend})")
@@ -357,14 +344,23 @@ def evaluate(ctx) -> None:
 
 def _evaluate_probe(ctx) -> None:
     """Score, length and E(y) of one context's probe rows (Table 1's columns) + its samples file."""
-    p = ctx.stage.params
-    rows = read_jsonl(ctx.path(ctx.stage.inputs[0]))
-    result = probe_result(
+    from sd_bench import provenance, tables
+
+    p, source = ctx.stage.params, ctx.stage.inputs[0]
+    rows = read_jsonl(ctx.path(source))
+    if not rows:
+        raise ValueError(f"{source}: no responses")
+    result = tables.make_result(
         p["condition"],
         p["task"],
-        rows,
+        probe_metrics(rows),
+        n_problems=len({r["id"] for r in rows}),
         k=p["k"],
-        source=ctx.stage.inputs[0],
+        provenance={"samples": source},
+    )
+    result = provenance.stamp(
+        result,
+        k=p["k"],
         model=ctx.stage.model_shown,
         data=p["task"],
         seed=ctx.seed,
@@ -399,17 +395,11 @@ def render(ctx) -> None:
             last["provenance"]["metrics_file"] = f"runs/{cond}/metrics.jsonl"  # relative: no local paths
             ctx.write_json(f"eval/{cond}/train.json", last)
             first = read_jsonl(metrics)[0]
-            ctx.write_json(
-                f"eval/{cond}/train_first.json",
-                tables.make_result(
-                    cond,
-                    "train_first",
-                    {"score": first["score"]},
-                    n_problems=None,
-                    k=None,
-                    step=first["step"],
-                ),
+            score = {"score": first["score"]}
+            start = tables.make_result(
+                cond, "train_first", score, n_problems=None, k=None, step=first["step"]
             )
+            ctx.write_json(f"eval/{cond}/train_first.json", start)
     results = tables.find_results(ctx.path("eval")) if ctx.path("eval").is_dir() else []
     if "table" in p:
         return _table(ctx, p, results)
@@ -450,15 +440,7 @@ def _table(ctx, p: dict, results: list[dict]) -> None:
         table["rules"] = p["rules"]
     prov = provenance.collect()
     prov["run"] = {"seed": ctx.seed, "scale": ctx.scale.name}
-    name = p.get("name", f"table{p['table']}")
-    if name == f"table{p['table']}":
-        tables.write_table(table, ctx.out_dir, provenance=prov)
-        return
-    table = {**table, "provenance": prov}
-    ctx.write_json(f"{name}.json", table)
-    md = tables.to_markdown(table).replace(f"`table{p['table']}.json`", f"`{name}.json`")
-    ctx.write_text(f"{name}.md", md)
-    ctx.write_text(f"{name}.tex", tables.to_latex(table))
+    tables.write_table(table, ctx.out_dir, provenance=prov, name=p.get("name"))
 
 
 FUNCTIONS = {"select": select, "generate": generate, "train": train, "evaluate": evaluate, "render": render}

