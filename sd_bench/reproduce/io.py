@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sd_bench import jsonl
+from sd_bench.runs import sample_responses
 
 
 def jsonl_text(rows: Iterable[dict]) -> str:
@@ -87,15 +88,12 @@ def sample_rows(res: dict, tasks: Iterable[str]) -> dict[str, list[dict]]:
     for task in tasks:
         rows = []
         for s in res.get("samples", {}).get(task, []):
-            resps = s.get("filtered_resps") or s.get("resps") or []
-            if len(resps) == 1 and isinstance(resps[0], (list, tuple)):
-                resps = resps[0]
             rows.append(
                 {
                     "task": task,
                     "doc_id": s["doc_id"],
                     "doc": {"id": s["doc"].get("id"), "answer": s["doc"].get("answer")},
-                    "filtered_resps": [str(r) for r in resps],
+                    "filtered_resps": sample_responses(s),
                     **{m: s.get(m) for m in SAMPLE_METRICS if m in s},
                 }
             )
