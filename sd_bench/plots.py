@@ -111,12 +111,12 @@ def plot_training_curves(
             ax.set_ylabel(LABELS.get(metric, metric))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, -0.08))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # below the figure (its bottom edge is the x-labels'); savefig's tight box takes it in
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 0.0))
     try:
         return _save(fig, out_stem)
     finally:

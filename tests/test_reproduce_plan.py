@@ -191,7 +191,7 @@ def test_dry_run_cli_prints_plan_departures_and_runs_nothing(tmp_path, capsys):
     assert data["target"] == "figure4" and data["stages"][-1]["outputs"] == ["figure4.png", "figure4.svg"]
     assert main(["reproduce", "--ablations", "--scale", "smoke", "--dry-run"]) == 0  # the toy ablations
     text = capsys.readouterr().out
-    assert "train/abl_sd_sibling" in text and "render/ablations" in text and "train/fig_sd_none" in text
+    assert "train/fig_sdpo" in text and "render/ablations" in text and "train/fig_sd_none" in text
     assert main(["reproduce", "--table", "2", "--dry-run", "--set", "eval.kk=1"]) == 2
     assert "did you mean `eval.k`" in capsys.readouterr().err
 

@@ -169,9 +169,9 @@ SMOKE = Scale(
         "train.sft": "SFT lr 1e-3, batch 32, 3 epochs, full fine-tuning in float32 (a 0.86M model; paper recipe open)",
         "train.onpolicy": "4 prompts x 8 rollouts, one update per step, full-vocabulary JSD (23 tokens), 20 steps",
         "train.lr": "SDPO 3e-4, GRPO 1e-4 (paper 1e-5 / 1e-6 move a 0.86M model nowhere in 20 steps)",
-        "manifest": "toy_manifest.yaml's SDPO rows (Table 3, figures) give the teacher the clean solution "
-        "(sdpo_reference), not the paper's successful sibling (abl_sd_sibling): with the sibling, |D| = 8 SD "
-        "keeps waits 0.11-0.16 (> 0.2 x base on seeds 1-2), also with 2 updates per step, lr 5e-4 or every problem "
+        "manifest": "toy_manifest.yaml's coverage sweep (Table 3, Figure 8) gives SDPO's teacher the clean solution "
+        "(sdpo_reference); Figures 3, 4 and 7 use the paper's successful sibling (fig_sdpo). With the sibling, |D| = 8 "
+        "SD keeps waits 0.11-0.16 (> 0.2 x base on seeds 1-2), also with 2 updates per step, lr 5e-4 or every problem "
         "each step (results/smoke/guards.md)",
     },
 )
