@@ -194,7 +194,8 @@ class Builder:
             Stage(
                 f"train/{entry.id}",
                 "train",
-                f"sd-bench train {entry.recipe} --scale {t.preset} on {data} [{' '.join(trainer_args(entry.overrides))}]",
+                f"sd-bench train {entry.recipe} --scale {t.preset} on {data}"
+                + (f" [{' '.join(trainer_args(entry.overrides))}]" if entry.overrides else ""),
                 inputs=(self.model(entry), data),
                 outputs=(f"runs/{entry.id}/metrics.jsonl", f"runs/{entry.id}/final"),
                 model=self.model(entry),
