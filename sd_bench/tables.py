@@ -487,7 +487,8 @@ def _descriptive_grid(table: dict) -> tuple[list[str], list[list[str]]] | None:
     return [c["label"] for c in cols], [[str(r.get(c["key"], "-")) for c in cols] for r in desc["rows"]]
 
 
-def to_markdown(table: dict) -> str:
+def to_markdown(table: dict, name: str | None = None) -> str:
+    """The table as Markdown; its last line names the JSON file beside it (NAME.json, default tableN.json)."""
     from tabulate import tabulate
 
     parts = [f"# Table {table['table']}: {table['title']} (scale: {table['scale']})", ""]
@@ -506,7 +507,7 @@ def to_markdown(table: dict) -> str:
             "`ours` is this run, `paper` the paper's number, `diff` = ours - paper, in the column's units."
         )
         notes.append(f"Paper numbers: {table['paper_source'].rstrip('.')}.")
-    notes.append("Every number's source file and provenance: `table" + table["table"] + ".json`.")
+    notes.append(f"Every number's source file and provenance: `{name or 'table' + table['table']}.json`.")
     return "\n".join(parts + notes) + "\n"
 
 
@@ -565,10 +566,9 @@ def write_table(
     name = name or f"table{n}"
     if provenance is not None:
         table = {**table, "provenance": provenance}
-    md = to_markdown(table).replace(f"`table{n}.json`", f"`{name}.json`")
     return {
         "json": write_json_atomic(out_dir / f"{name}.json", table),
-        "md": write_text_atomic(out_dir / f"{name}.md", md),
+        "md": write_text_atomic(out_dir / f"{name}.md", to_markdown(table, name)),
         "tex": write_text_atomic(out_dir / f"{name}.tex", to_latex(table)),
     }
 
