@@ -59,16 +59,20 @@ def marker_deltas(base: Mapping[str, float], run: Mapping[str, float]) -> dict[s
 
 
 def _save(fig, out_stem: Path | str) -> list[Path]:
-    """Save `out_stem`.png and .svg, each through a temporary file + os.replace."""
+    """Save `out_stem`.png and .svg, each through a temporary file + os.replace, then close the figure
+    (also when saving fails: pyplot keeps every open figure)."""
     out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in ("png", "svg"):
-        final = out_stem.with_suffix(f".{ext}")
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        fig.savefig(tmp, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight")
-        os.replace(tmp, final)
-        paths.append(final)
+    try:
+        out_stem.parent.mkdir(parents=True, exist_ok=True)
+        for ext in ("png", "svg"):
+            final = out_stem.with_suffix(f".{ext}")
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            fig.savefig(tmp, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight")
+            os.replace(tmp, final)
+            paths.append(final)
+    finally:
+        _pyplot().close(fig)
     return paths
 
 
@@ -117,10 +121,7 @@ def plot_training_curves(
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:  # below the figure (its bottom edge is the x-labels'); savefig's tight box takes it in
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 0.0))
-    try:
-        return _save(fig, out_stem)
-    finally:
-        plt.close(fig)
+    return _save(fig, out_stem)
 
 
 def plot_marker_deltas(
@@ -154,10 +155,7 @@ def plot_marker_deltas(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    try:
-        return _save(fig, out_stem)
-    finally:
-        plt.close(fig)
+    return _save(fig, out_stem)
 
 
 def render_figure(

@@ -264,10 +264,7 @@ def plot_accuracy(points: list[Point], task: str, out_stem: Path, baseline: str 
         labels += [RULE_LABELS.get(r, r) for r in rules]
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    try:
-        return _save(fig, out_stem)
-    finally:
-        plt.close(fig)
+    return _save(fig, out_stem)
 
 
 def plot_pass_curves(
@@ -296,10 +293,7 @@ def plot_pass_curves(
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    try:
-        return _save(fig, out_stem)
-    finally:
-        plt.close(fig)
+    return _save(fig, out_stem)
 
 
 # ---------------------------------------------------------------- the page
