@@ -76,14 +76,11 @@ def code_hash(root: Path | None = None) -> str:
     import hashlib
 
     root = root or REPO_ROOT
+    files = [root / "toy_manifest.yaml"]
+    files += [*(root / "sd_bench").rglob("*.py"), *(root / "sd_bench").rglob("*.yaml")]
+    files += [*(root / "recipes").rglob("*.yaml"), *(root / "tasks").rglob("*.yaml")]
     digest = hashlib.sha256()
-    pkg = root / "sd_bench"
-    files = sorted(pkg.rglob("*.py")) + sorted(pkg.rglob("*.yaml"))
-    for folder, pattern in (("recipes", "*.yaml"), ("tasks", "*.yaml"), (".", "toy_manifest.yaml")):
-        files += sorted((root / folder).glob(pattern if folder == "." else f"**/{pattern}"))
-    for f in files:
-        if "__pycache__" in f.parts or not f.is_file():
-            continue
+    for f in sorted(f for f in files if f.is_file() and "__pycache__" not in f.parts):
         digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
